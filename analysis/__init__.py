@@ -1,0 +1,1 @@
+"""Pure analysis: statistics, decision policy, graders and reports (no I/O)."""

@@ -1,0 +1,1 @@
+"""abgate's gateway: the composition root (settings, app factory, proxy, store, CLI)."""

@@ -1,0 +1,107 @@
+"""The app factory: a raw ASGI dispatcher in front of a FastAPI app.
+
+The two completion routes go straight to the `Proxy` (the hot path); everything else (models,
+health, metrics, and the admin and feedback APIs of later issues) is FastAPI. FastAPI's lifespan
+opens the gateway's clients in order and closes them in reverse.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from router.gateway import Gateway
+from router.http import Receive, Scope, Send, error_body
+from router.proxy import Proxy, new_request_id
+from router.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+PROXY_PATHS = {"/v1/chat/completions": "/chat/completions", "/v1/completions": "/completions"}
+
+
+class GatewayApp:
+    """ASGI entrypoint: completions to the proxy, the rest to FastAPI."""
+
+    def __init__(self, gateway: Gateway, api: FastAPI) -> None:
+        self.gateway = gateway
+        self.api = api
+        self._proxy = Proxy(gateway)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            upstream_path = PROXY_PATHS.get(scope["path"])
+            if upstream_path is not None:
+                await self._proxy(scope, receive, send, upstream_path)
+                return
+        await self.api(scope, receive, send)
+
+
+def _json_error(status: int, message: str, type_: str, code: str | None = None) -> Response:
+    rid = new_request_id()
+    return Response(
+        content=error_body(message, type_, None, code, rid),
+        status_code=status,
+        media_type="application/json",
+        headers={"x-request-id": rid},
+    )
+
+
+def create_app(settings: Settings, registry: CollectorRegistry | None = None) -> GatewayApp:
+    gateway = Gateway(settings, registry)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await gateway.start()
+        try:
+            yield
+        finally:
+            await gateway.close()
+
+    api = FastAPI(title="abgate", lifespan=lifespan, docs_url=None, redoc_url=None)
+    api.state.gateway = gateway
+
+    @api.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
+        return _json_error(exc.status_code, str(exc.detail), "invalid_request_error")
+
+    @api.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> Response:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        where = ".".join(str(p) for p in first["loc"])
+        return _json_error(422, f"{where}: {first['msg']}", "invalid_request_error")
+
+    @api.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @api.get("/readyz")
+    async def readyz() -> Response:
+        """Ready once a configuration was loaded. Redis being away degrades, not un-readies:
+        the gateway keeps serving its last config and buffers events (docs/operations.md)."""
+        redis_ok = gateway.writer.redis_ok
+        body = {
+            "ready": gateway.config_loaded,
+            "config_version": gateway.table.version,
+            "redis": "ok" if redis_ok else "unreachable",
+            "event_queue_depth": gateway.writer.depth,
+        }
+        return JSONResponse(body, status_code=200 if gateway.config_loaded else 503)
+
+    @api.get("/metrics")
+    async def metrics() -> Response:
+        gateway.metrics.event_queue_depth.set(gateway.writer.depth)
+        return Response(generate_latest(gateway.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @api.get("/v1/models")
+    async def models() -> dict[str, object]:
+        return {"object": "list", "data": await gateway.models()}
+
+    return GatewayApp(gateway, api)

@@ -1,0 +1,89 @@
+"""Byte-exact edits of a JSON request body.
+
+The gateway forwards the client's body byte for byte except the deliberate rewrites (the
+`model` of the chosen arm, and asking for usage on streams). Rebuilding the body from a schema
+would drop vLLM's extension fields and change number formatting, so instead the top-level
+members are located with one pass of a C-level regular expression over the structural tokens
+(strings and brackets; numbers and literals need no tokens), and the value spans are replaced.
+The body must already have been parsed successfully (it is valid JSON with an object at the top).
+"""
+
+from __future__ import annotations
+
+import re
+
+import orjson
+
+_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[{}\[\],:]', re.DOTALL)
+_WS = b" \t\r\n"
+
+
+def top_level_spans(body: bytes, keys: frozenset[bytes]) -> dict[bytes, tuple[int, int]]:
+    """Spans ``[start, end)`` of the values of the wanted top-level keys.
+
+    `keys` are JSON string literals as they appear unescaped, e.g. ``b'"model"'``. A key
+    written with escapes is decoded before comparison. Stops as soon as all keys were found.
+    """
+    found: dict[bytes, tuple[int, int]] = {}
+    depth = 0
+    expect_key = False
+    pending: bytes | None = None  # key whose value starts after the next ':'
+    value_start = -1
+    for m in _TOKENS.finditer(body):
+        tok = m.group()
+        c = tok[0]
+        if c == 0x22:  # '"'
+            if depth == 1 and expect_key:
+                expect_key = False
+                name = tok if b"\\" not in tok else orjson.dumps(orjson.loads(tok))
+                pending = name if name in keys else None
+            continue
+        if c == 0x3A:  # ':'
+            if depth == 1 and pending is not None:
+                value_start = m.end()
+            continue
+        if c in (0x7B, 0x5B):  # '{' '['
+            depth += 1
+            if depth == 1:
+                expect_key = c == 0x7B
+            continue
+        if c in (0x7D, 0x5D) and depth > 1:  # closing a nested value
+            depth -= 1
+            continue
+        # ',' at any depth, or the closing bracket of the top-level object
+        if depth == 1 and pending is not None and value_start >= 0:
+            start, end = value_start, m.start()
+            while start < end and body[start] in _WS:
+                start += 1
+            while end > start and body[end - 1] in _WS:
+                end -= 1
+            found[pending] = (start, end)
+            pending = None
+            value_start = -1
+            if len(found) == len(keys):
+                return found
+        if c == 0x2C:
+            if depth == 1:
+                expect_key = True
+        else:
+            depth -= 1
+    return found
+
+
+def closing_brace(body: bytes) -> int:
+    """Index of the top-level object's closing brace."""
+    return body.rindex(b"}")
+
+
+def rewrite(body: bytes, edits: list[tuple[int, int, bytes]]) -> bytes:
+    """Apply non-overlapping ``(start, end, replacement)`` edits."""
+    if not edits:
+        return body
+    out: list[bytes] = []
+    pos = 0
+    for start, end, repl in sorted(edits):
+        out.append(body[pos:start])
+        out.append(repl)
+        pos = end
+    out.append(body[pos:])
+    return b"".join(out)

@@ -1,0 +1,1 @@
+"""The `abgate` command: one module per command group."""

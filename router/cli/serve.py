@@ -1,0 +1,90 @@
+"""`abgate serve`: run the gateway."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from pydantic import ValidationError
+
+from router import logs
+from router.app import create_app
+from router.embedded_redis import EmbeddedRedis, RedisNotFound
+from router.errors import ConfigError
+from router.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def register(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "serve",
+        help="run the gateway",
+        description="Run the gateway. Other settings come from ABGATE_* variables (README).",
+    )
+    p.add_argument("--config", type=Path, help="YAML file with `experiments:` (and more)")
+    p.add_argument("--host", help="listen address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="listen port (default 8080)")
+    p.set_defaults(handler=run)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment, with CLI flags on top; errors name the variable."""
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"ABGATE_{'.'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            for e in exc.errors()
+        )
+        raise ConfigError(f"invalid settings: {problems}") from None
+
+
+def uvicorn_config(app: Any, host: str, port: int) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_config=None,
+        timeout_graceful_shutdown=30,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(config_file=args.config, host=args.host, port=args.port)
+    except ConfigError as exc:
+        print(f"abgate serve: error: {exc}", file=sys.stderr)
+        return 2
+    logs.configure(settings.log_level, settings.log_format)
+    with contextlib.ExitStack() as stack:
+        if settings.redis_url is None:
+            try:
+                embedded = stack.enter_context(EmbeddedRedis(appendonly=True))
+            except (RedisNotFound, RuntimeError) as exc:
+                print(f"abgate serve: error: {exc}", file=sys.stderr)
+                return 2
+            logger.warning(
+                "ABGATE_REDIS_URL is unset: using a private redis-server on port %d whose data "
+                "is deleted on exit; set ABGATE_REDIS_URL in production",
+                embedded.port,
+            )
+            settings = settings.model_copy(update={"redis_url": embedded.url})
+        try:
+            app = create_app(settings)
+        except ConfigError as exc:
+            print(f"abgate serve: error: {exc}", file=sys.stderr)
+            return 2
+        server = uvicorn.Server(uvicorn_config(app, settings.host, settings.port))
+        server.run()
+        return 0 if server.started else 1
+    return 0  # pragma: no cover

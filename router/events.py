@@ -1,0 +1,230 @@
+"""The background event writer: per-request events into Redis without delaying any response.
+
+The request path appends an `Event` to an in-memory buffer (O(1), no I/O). A single task drains
+it in batches and runs one Lua script per batch, which for each event atomically
+
+- sets the request index ``abgate:req:<request_id>`` with the feedback window as TTL, **only if
+  it does not exist yet** (so a batch retried after a lost reply is never counted twice),
+- appends the event to the experiment's capped stream ``abgate:{<exp>}:events``,
+- adds it to the per-arm aggregates ``abgate:{<exp>}:arm:<arm>`` and to the per-minute counters
+  ``abgate:{<exp>}:minute:<arm>:<epoch-minute>`` (expiring after the retention).
+
+Keys of one experiment share the hash tag ``{<exp>}`` (see docs/redis.md).
+
+While Redis is unreachable the writer keeps the events and retries with backoff; the buffer is
+bounded by ``ABGATE_EVENT_BUFFER``, and only events beyond it are dropped and counted in
+``abgate_events_dropped_total``. Shutdown flushes what is buffered, within a time limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from router.metrics import GatewayMetrics
+
+logger = logging.getLogger(__name__)
+
+# KEYS: none (keys derive from each event; see docs/redis.md)
+# ARGV: ttl, stream maxlen, minute retention, then one JSON event per argument.
+RECORD_EVENTS_LUA = """
+local ttl = tonumber(ARGV[1])
+local maxlen = ARGV[2]
+local keep = tonumber(ARGV[3])
+local written = 0
+for i = 4, #ARGV do
+  local e = cjson.decode(ARGV[i])
+  local tag = 'abgate:{' .. e.experiment .. '}:'
+  local index = cjson.encode({experiment = e.experiment, arm = e.arm, unit = e.unit,
+                              route = e.route, ts = e.ts})
+  if redis.call('SET', 'abgate:req:' .. e.request_id, index, 'NX', 'EX', ttl) then
+    written = written + 1
+    redis.call('XADD', tag .. 'events', 'MAXLEN', '~', maxlen, '*',
+      'request_id', e.request_id, 'ts', e.ts, 'route', e.route, 'arm', e.arm,
+      'unit', e.unit, 'model', e.model, 'status', e.status, 'error', e.error,
+      'stream', e.stream, 'latency_ms', e.latency_ms, 'ttft_ms', e.ttft_ms,
+      'prompt_tokens', e.prompt_tokens, 'completion_tokens', e.completion_tokens,
+      'cost_usd', e.cost_usd)
+    local agg = tag .. 'arm:' .. e.arm
+    local is_error = 0
+    if e.error ~= '' then is_error = 1 end
+    redis.call('HINCRBY', agg, 'requests', 1)
+    redis.call('HINCRBY', agg, 'errors', is_error)
+    redis.call('HINCRBY', agg, 'status_' .. string.sub(tostring(e.status), 1, 1) .. 'xx', 1)
+    redis.call('HINCRBYFLOAT', agg, 'latency_ms_sum', e.latency_ms)
+    redis.call('HINCRBYFLOAT', agg, 'latency_ms_sq_sum', e.latency_ms * e.latency_ms)
+    if e.ttft_ms >= 0 then
+      redis.call('HINCRBY', agg, 'ttft_count', 1)
+      redis.call('HINCRBYFLOAT', agg, 'ttft_ms_sum', e.ttft_ms)
+      redis.call('HINCRBYFLOAT', agg, 'ttft_ms_sq_sum', e.ttft_ms * e.ttft_ms)
+    end
+    redis.call('HINCRBY', agg, 'prompt_tokens', e.prompt_tokens)
+    redis.call('HINCRBY', agg, 'completion_tokens', e.completion_tokens)
+    redis.call('HINCRBYFLOAT', agg, 'cost_usd', e.cost_usd)
+    local minute = tag .. 'minute:' .. e.arm .. ':' .. math.floor(e.ts / 60)
+    redis.call('HINCRBY', minute, 'requests', 1)
+    redis.call('HINCRBY', minute, 'errors', is_error)
+    redis.call('HINCRBYFLOAT', minute, 'latency_ms_sum', e.latency_ms)
+    redis.call('HINCRBY', minute, 'completion_tokens', e.completion_tokens)
+    redis.call('EXPIRE', minute, keep)
+  end
+end
+return written
+"""
+
+
+@dataclass(slots=True)
+class Event:
+    """One proxied request, as recorded. Times in milliseconds; `ttft_ms` is -1 when unknown."""
+
+    request_id: str
+    ts: float
+    experiment: str
+    route: str
+    arm: str
+    unit: str
+    model: str
+    status: int
+    error: str
+    stream: bool
+    latency_ms: float
+    ttft_ms: float
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(
+            {
+                "request_id": self.request_id,
+                "ts": round(self.ts, 3),
+                "experiment": self.experiment,
+                "route": self.route,
+                "arm": self.arm,
+                "unit": self.unit,
+                "model": self.model,
+                "status": self.status,
+                "error": self.error,
+                "stream": 1 if self.stream else 0,
+                "latency_ms": round(self.latency_ms, 3),
+                "ttft_ms": round(self.ttft_ms, 3),
+                "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens,
+                "cost_usd": self.cost_usd,
+            }
+        )
+
+
+class EventWriter:
+    """Buffers events and writes them to Redis in batches from one background task."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        metrics: GatewayMetrics,
+        *,
+        capacity: int,
+        batch: int,
+        ttl_seconds: int,
+        stream_maxlen: int,
+        minute_retention_seconds: int,
+    ) -> None:
+        self._redis = redis
+        self._metrics = metrics
+        self._capacity = capacity
+        self._batch = batch
+        self._args = (ttl_seconds, stream_maxlen, minute_retention_seconds)
+        self._buffer: deque[Event] = deque()
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._script = redis.register_script(RECORD_EVENTS_LUA)
+        self._redis_ok = True
+
+    @property
+    def depth(self) -> int:
+        return len(self._buffer)
+
+    @property
+    def redis_ok(self) -> bool:
+        """False while the last write attempt failed."""
+        return self._redis_ok
+
+    def submit(self, event: Event) -> None:
+        """Queue an event; never blocks. Beyond the buffer's capacity the event is dropped."""
+        if len(self._buffer) >= self._capacity:
+            self._metrics.events_dropped.labels("buffer_full").inc()
+            return
+        self._buffer.append(event)
+        if not self._wakeup.is_set():
+            self._wakeup.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="abgate-event-writer")
+
+    async def close(self, flush_seconds: float) -> None:
+        """Stop the writer after flushing what is buffered (at most `flush_seconds`)."""
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), flush_seconds)
+            except TimeoutError:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+        if self._buffer:
+            logger.warning("dropping %d events at shutdown: Redis unreachable", len(self._buffer))
+            self._metrics.events_dropped.labels("shutdown").inc(len(self._buffer))
+            self._buffer.clear()
+        self._metrics.event_queue_depth.set(0)
+
+    async def _run(self) -> None:
+        backoff = 0.05
+        while True:
+            if not self._buffer:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            n = min(self._batch, len(self._buffer))
+            batch = [self._buffer[i] for i in range(n)]
+            self._metrics.event_queue_depth.set(len(self._buffer))
+            try:
+                await self._script(args=[*self._args, *(e.to_json() for e in batch)])
+            except RedisError as exc:
+                self._metrics.redis_errors.labels("events").inc()
+                if self._redis_ok:
+                    logger.warning("event writes failing, buffering: %s", exc)
+                self._redis_ok = False
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+                continue
+            except Exception:
+                logger.exception("event writer: unexpected error; dropping the batch")
+                self._metrics.errors.labels("event_writer").inc()
+                self._metrics.events_dropped.labels("error").inc(n)
+            else:
+                self._metrics.events_written.inc(n)
+                if not self._redis_ok:
+                    logger.info("event writes recovered; %d events buffered", len(self._buffer))
+                self._redis_ok = True
+                backoff = 0.05
+            for _ in range(n):
+                self._buffer.popleft()
+            self._metrics.event_queue_depth.set(len(self._buffer))
+
+
+
+
+def now() -> float:
+    return time.time()

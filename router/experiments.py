@@ -1,0 +1,248 @@
+"""Experiment configuration: the validated models and the compiled, immutable routing table.
+
+An `Experiment` is the JSON document of DESIGN.md ("External contract"). The gateway compiles
+the set of experiments into a `RoutingTable` once per config change; the request path only does
+dictionary look-ups on it. A new table replaces the old one by a single reference assignment, so
+a request sees the old config or the new one, never a mix.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Arm = Literal["control", "treatment"]
+State = Literal["draft", "running", "paused", "promoted", "rolled_back"]
+MissingUnitPolicy = Literal["control", "random", "reject"]
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def _check_base_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"base_url must be an absolute http(s) URL, got {value!r}")
+    if parts.query or parts.fragment:
+        raise ValueError(f"base_url must not carry a query or fragment, got {value!r}")
+    return value.rstrip("/")
+
+
+class Target(BaseModel):
+    """Where one arm's requests go: an OpenAI-compatible base URL and the upstream model name."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    base_url: str
+    model: str = Field(min_length=1)
+    api_key: str | None = Field(default=None, description="Sent upstream instead of the client's")
+    prompt_price_per_million: float = Field(default=0.0, ge=0)
+    completion_price_per_million: float = Field(default=0.0, ge=0)
+    connect_timeout: float | None = Field(default=None, gt=0)
+    read_timeout: float | None = Field(default=None, gt=0)
+
+    _v_url = field_validator("base_url")(classmethod(lambda cls, v: _check_base_url(v)))
+
+
+class DefaultUpstream(BaseModel):
+    """Where requests for a model that matches no route alias go (unchanged)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    base_url: str
+    api_key: str | None = None
+
+    _v_url = field_validator("base_url")(classmethod(lambda cls, v: _check_base_url(v)))
+
+
+class Experiment(BaseModel):
+    """One A/B experiment on one route alias."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    route: str = Field(min_length=1, max_length=200)
+    control: Target
+    treatment: Target
+    treatment_percent: float = Field(ge=0, le=100)
+    state: State = "running"
+    salt: str | None = Field(default=None, description="Hash salt; default: the name")
+    unit_id_headers: list[str] | None = Field(
+        default=None, description="Header names tried in order; default: the gateway's setting"
+    )
+    use_body_user: bool = Field(default=True, description="Fall back to the body's `user` field")
+    missing_unit_policy: MissingUnitPolicy = "control"
+    overrides: dict[str, Arm] = Field(default_factory=dict)
+    description: str = ""
+
+    @field_validator("name")
+    @classmethod
+    def _v_name(cls, v: str) -> str:
+        if not _NAME_RE.match(v):
+            raise ValueError(
+                "name must be 1-100 characters of letters, digits, '.', '_' or '-', "
+                f"starting with a letter or digit; got {v!r}"
+            )
+        return v
+
+    @field_validator("salt")
+    @classmethod
+    def _v_salt(cls, v: str | None) -> str | None:
+        if v is not None and (not v or "\x00" in v):
+            raise ValueError("salt must be a non-empty string without NUL characters")
+        return v
+
+    @field_validator("treatment_percent")
+    @classmethod
+    def _v_percent(cls, v: float) -> float:
+        if round(v * 100) != round(v * 100, 6):
+            raise ValueError("treatment_percent has a resolution of 0.01 (one basis point)")
+        return v
+
+    @field_validator("unit_id_headers")
+    @classmethod
+    def _v_headers(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return None
+        cleaned = [h.strip().lower() for h in v if h.strip()]
+        if not cleaned:
+            raise ValueError("unit_id_headers must name at least one header")
+        return cleaned
+
+    @property
+    def treatment_bps(self) -> int:
+        """The configured share in basis points (0-10000)."""
+        return round(self.treatment_percent * 100)
+
+    @property
+    def effective_bps(self) -> int:
+        """The share that the gateway applies in the experiment's current state."""
+        if self.state == "promoted":
+            return 10_000
+        if self.state in ("rolled_back", "draft"):
+            return 0
+        return self.treatment_bps
+
+    @property
+    def hash_salt(self) -> str:
+        return self.salt if self.salt is not None else self.name
+
+
+class ConfigFile(BaseModel):
+    """The YAML file of `abgate serve --config`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    experiments: list[Experiment] = Field(default_factory=list)
+    default_upstream: DefaultUpstream | None = None
+
+    @model_validator(mode="after")
+    def _unique(self) -> ConfigFile:
+        check_unique(self.experiments)
+        return self
+
+
+def check_unique(experiments: list[Experiment]) -> None:
+    """Names are unique; at most one live (non-final) experiment per route."""
+    names: set[str] = set()
+    routes: dict[str, str] = {}
+    for exp in experiments:
+        if exp.name in names:
+            raise ValueError(f"duplicate experiment name {exp.name!r}")
+        names.add(exp.name)
+        if exp.state in ("running", "paused", "draft"):
+            other = routes.get(exp.route)
+            if other is not None:
+                raise ValueError(
+                    f"experiments {other!r} and {exp.name!r} are both live on route {exp.route!r}"
+                )
+            routes[exp.route] = exp.name
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledArm:
+    """Everything the request path needs about one arm, computed once per config change."""
+
+    arm: Arm
+    target: Target
+    model_json: bytes  # the upstream model name as a JSON string literal
+    headers_arm: bytes  # value of X-ABGate-Arm
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledExperiment:
+    experiment: Experiment
+    name_header: bytes
+    salt: bytes
+    bps: int
+    unit_headers: tuple[bytes, ...]
+    use_body_user: bool
+    policy: MissingUnitPolicy
+    overrides: dict[str, Arm]
+    control: CompiledArm
+    treatment: CompiledArm
+
+    def arm(self, arm: Arm) -> CompiledArm:
+        return self.treatment if arm == "treatment" else self.control
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingTable:
+    """The immutable routing snapshot that one config version compiles to."""
+
+    version: int
+    routes: dict[str, CompiledExperiment] = field(default_factory=dict)
+    experiments: dict[str, Experiment] = field(default_factory=dict)
+    default_upstream: DefaultUpstream | None = None
+
+
+def _compile_arm(arm: Arm, target: Target) -> CompiledArm:
+    return CompiledArm(
+        arm=arm,
+        target=target,
+        model_json=orjson.dumps(target.model),
+        headers_arm=arm.encode(),
+    )
+
+
+def compile_table(
+    version: int,
+    experiments: list[Experiment],
+    default_upstream: DefaultUpstream | None,
+    default_unit_headers: list[str],
+) -> RoutingTable:
+    """Build the routing table. Final experiments (promoted, rolled back) keep their route
+    unless a live experiment on the same route replaces them."""
+    routes: dict[str, CompiledExperiment] = {}
+    ordered = sorted(experiments, key=lambda e: e.state in ("running", "paused", "draft"))
+    for exp in ordered:  # live experiments last, so they win their route
+        headers = exp.unit_id_headers or default_unit_headers
+        routes[exp.route] = CompiledExperiment(
+            experiment=exp,
+            name_header=exp.name.encode(),
+            salt=exp.hash_salt.encode(),
+            bps=exp.effective_bps,
+            unit_headers=tuple(h.encode("latin-1") for h in headers),
+            use_body_user=exp.use_body_user,
+            policy=exp.missing_unit_policy,
+            # Overrides are for QA while an experiment is live; a rollback or promotion wins.
+            overrides=dict(exp.overrides) if exp.state in ("running", "paused") else {},
+            control=_compile_arm("control", exp.control),
+            treatment=_compile_arm("treatment", exp.treatment),
+        )
+    return RoutingTable(
+        version=version,
+        routes=routes,
+        experiments={e.name: e for e in experiments},
+        default_upstream=default_upstream,
+    )
+
+
+def experiment_from_json(data: bytes | str | dict[str, Any]) -> Experiment:
+    if isinstance(data, dict):
+        return Experiment.model_validate(data)
+    return Experiment.model_validate_json(data)

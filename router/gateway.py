@@ -1,0 +1,218 @@
+"""The gateway's runtime state and its lifecycle: clients opened in order, closed in reverse.
+
+`Gateway` holds what the request path reads (`table`, `pool`, `writer`, `metrics`) and the
+background tasks that keep the routing table current (pub/sub + polling of the config version).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+import yaml
+from prometheus_client import CollectorRegistry
+from pydantic import ValidationError
+from redis.exceptions import RedisError
+
+from router.errors import ConfigError
+from router.events import EventWriter
+from router.experiments import ConfigFile, RoutingTable, compile_table
+from router.metrics import GatewayMetrics
+from router.settings import Settings
+from router.store import CHANNEL, ConfigDoc, ConfigStore
+from serving.errors import UpstreamError
+from serving.types import Timeouts
+from serving.upstream import UpstreamPool
+
+logger = logging.getLogger(__name__)
+
+
+def load_config_file(path: Path) -> ConfigFile:
+    """Read and validate the YAML config file; errors name the file and the field."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path}: the top level must be a mapping")
+    try:
+        return ConfigFile.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"config file {path} is invalid: {problems}") from None
+
+
+class Gateway:
+    """Runtime state of one gateway process."""
+
+    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
+        if settings.redis_url is None:
+            raise ConfigError("ABGATE_REDIS_URL is not set (the CLI starts a private Redis)")
+        self.settings = settings
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.metrics = GatewayMetrics(self.registry)
+        self.file_config = (
+            load_config_file(settings.config_file) if settings.config_file else ConfigFile()
+        )
+        self.table = RoutingTable(version=0, default_upstream=self.file_config.default_upstream)
+        self.config_loaded = False
+        self.redis: aioredis.Redis = aioredis.from_url(
+            settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0
+        )
+        self.store = ConfigStore(self.redis)
+        self.pool = UpstreamPool(
+            timeouts=Timeouts(
+                connect=settings.upstream_connect_timeout, read=settings.upstream_read_timeout
+            ),
+            max_connections=settings.upstream_max_connections,
+        )
+        self.writer = EventWriter(
+            self.redis,
+            self.metrics,
+            capacity=settings.event_buffer,
+            batch=settings.event_batch,
+            ttl_seconds=settings.feedback_window_seconds,
+            stream_maxlen=settings.event_stream_maxlen,
+            minute_retention_seconds=settings.minute_retention_seconds,
+        )
+        self._watcher: asyncio.Task[None] | None = None
+        self._models_cache: tuple[float, list[dict[str, Any]]] | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        try:
+            doc = await self.store.seed(self.file_config.experiments, actor="config-file")
+            self.apply(doc)
+        except RedisError as exc:
+            self.metrics.redis_errors.labels("config").inc()
+            logger.warning("Redis unreachable at start (%s); serving the config file", exc)
+            if self.file_config.experiments:
+                self.apply(ConfigDoc(0, {e.name: e for e in self.file_config.experiments}))
+        self.writer.start()
+        self._watcher = asyncio.create_task(self._watch_config(), name="abgate-config-watch")
+        logger.info("gateway started; config version %d", self.table.version)
+
+    async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+        await self.writer.close(self.settings.shutdown_flush_seconds)
+        await self.pool.close()
+        await self.redis.aclose()
+        logger.info("gateway stopped")
+
+    # -- configuration -----------------------------------------------------------------------
+
+    def apply(self, doc: ConfigDoc) -> None:
+        """Compile `doc` and swap it in with one reference assignment."""
+        table = compile_table(
+            doc.version,
+            list(doc.experiments.values()),
+            self.file_config.default_upstream,
+            self.settings.unit_id_headers,
+        )
+        for exp in table.routes.values():  # create the pooled clients now, not per request
+            self.pool.get(exp.control.target.base_url)
+            self.pool.get(exp.treatment.target.base_url)
+        if table.default_upstream is not None:
+            self.pool.get(table.default_upstream.base_url)
+        self.table = table
+        self.config_loaded = True
+        self._models_cache = None
+        self.metrics.config_version.set(doc.version)
+        for exp in table.routes.values():
+            self.metrics.experiment_share.labels(exp.experiment.route, exp.experiment.name).set(
+                exp.bps / 10_000
+            )
+        logger.info("applied config version %d (%d routes)", doc.version, len(table.routes))
+
+    async def refresh(self) -> None:
+        """Reload the document if its version moved."""
+        version = await self.store.version()
+        if version != self.table.version or not self.config_loaded:
+            self.apply(await self.store.load())
+
+    async def _watch_config(self) -> None:
+        poll = self.settings.config_poll_seconds
+        while True:
+            pubsub = self.redis.pubsub()
+            try:
+                await pubsub.subscribe(CHANNEL)
+                await self.refresh()
+                while True:
+                    await pubsub.get_message(ignore_subscribe_messages=True, timeout=poll)
+                    await self.refresh()
+            except RedisError as exc:
+                self.metrics.redis_errors.labels("config").inc()
+                logger.debug("config watch: %s", exc)
+                await asyncio.sleep(poll)
+            except ConfigError:
+                logger.exception("stored config is invalid; keeping version %d", self.table.version)
+                self.metrics.errors.labels("config_watch").inc()
+                await asyncio.sleep(poll)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("config watch failed")
+                self.metrics.errors.labels("config_watch").inc()
+                await asyncio.sleep(poll)
+            finally:
+                with contextlib.suppress(RedisError, OSError, RuntimeError):
+                    await pubsub.aclose()
+
+    # -- model list --------------------------------------------------------------------------
+
+    async def models(self) -> list[dict[str, Any]]:
+        """Route aliases, then what the upstreams serve (de-duplicated by id, cached briefly)."""
+        now = time.monotonic()
+        cached = self._models_cache
+        if cached is not None and now - cached[0] < self.settings.models_cache_seconds:
+            return cached[1]
+        table = self.table
+        cards: dict[str, dict[str, Any]] = {}
+        created = int(time.time())
+        for route, exp in table.routes.items():
+            cards[route] = {
+                "id": route,
+                "object": "model",
+                "created": created,
+                "owned_by": "abgate",
+                "root": None,
+                "parent": None,
+                "abgate": {"experiment": exp.experiment.name, "state": exp.experiment.state},
+            }
+        urls = {e.control.target.base_url for e in table.routes.values()}
+        urls |= {e.treatment.target.base_url for e in table.routes.values()}
+        if table.default_upstream is not None:
+            urls.add(table.default_upstream.base_url)
+        results = await asyncio.gather(
+            *(self.pool.get(u).get_json("/models") for u in sorted(urls)), return_exceptions=True
+        )
+        for url, result in zip(sorted(urls), results, strict=True):
+            if isinstance(result, UpstreamError | orjson.JSONDecodeError):
+                logger.warning("GET /models on %s failed: %s", url, result)
+                continue
+            if isinstance(result, BaseException):
+                raise result
+            data = result.get("data") if isinstance(result, dict) else None
+            for card in data if isinstance(data, list) else []:
+                if isinstance(card, dict) and isinstance(card.get("id"), str):
+                    cards.setdefault(card["id"], card)
+        models = list(cards.values())
+        self._models_cache = (now, models)
+        return models

@@ -1,0 +1,140 @@
+"""The gateway's Prometheus metrics, on an injected `CollectorRegistry`.
+
+Names follow client_python conventions: `abgate_` namespace, base units, `_total` on counters.
+Labels are route, experiment, arm and status class, never a user. Label children are cached
+per label tuple so the request path does one dictionary look-up per metric.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+)  # fmt: skip
+TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+_ARM_LABELS = ("route", "experiment", "arm")
+
+
+@dataclass(slots=True)
+class _ArmSeries:
+    duration: Histogram
+    ttft: Histogram
+    prompt_tokens: Counter
+    completion_tokens: Counter
+    cost: Counter
+
+
+class GatewayMetrics:
+    """Every metric the gateway exports."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.requests = Counter(
+            "abgate_requests_total",
+            "Proxied requests by route, experiment, arm and status class (2xx, 4xx, 5xx).",
+            [*_ARM_LABELS, "status_class"],
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "abgate_request_duration_seconds",
+            "Time from request received to last response byte sent.",
+            _ARM_LABELS,
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.ttft = Histogram(
+            "abgate_time_to_first_token_seconds",
+            "Time from request received to the first content chunk (streaming requests).",
+            _ARM_LABELS,
+            buckets=TTFT_BUCKETS,
+            registry=registry,
+        )
+        self.tokens = Counter(
+            "abgate_tokens_total",
+            "Tokens reported by the upstream's usage, by kind (prompt, completion).",
+            [*_ARM_LABELS, "kind"],
+            registry=registry,
+        )
+        self.cost = Counter(
+            "abgate_cost_usd_total",
+            "Cost of proxied requests in US dollars, from the per-target token prices.",
+            _ARM_LABELS,
+            registry=registry,
+        )
+        self.upstream_errors = Counter(
+            "abgate_upstream_errors_total",
+            "Upstream failures by reason (connect, timeout, status_5xx, status_4xx, stream).",
+            [*_ARM_LABELS, "reason"],
+            registry=registry,
+        )
+        self.rejected = Counter(
+            "abgate_rejected_requests_total",
+            "Requests refused by the gateway before reaching an upstream, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.event_queue_depth = Gauge(
+            "abgate_event_queue_depth",
+            "Events waiting to be written to Redis.",
+            registry=registry,
+        )
+        self.events_written = Counter(
+            "abgate_events_written_total", "Events written to Redis.", registry=registry
+        )
+        self.events_dropped = Counter(
+            "abgate_events_dropped_total",
+            "Events dropped because the buffer was full (Redis away too long) or at shutdown.",
+            ["reason"],
+            registry=registry,
+        )
+        self.redis_errors = Counter(
+            "abgate_redis_errors_total",
+            "Failed Redis operations, by component (events, config).",
+            ["component"],
+            registry=registry,
+        )
+        self.config_version = Gauge(
+            "abgate_config_version",
+            "Version of the experiment configuration this replica applies.",
+            registry=registry,
+        )
+        self.experiment_share = Gauge(
+            "abgate_experiment_treatment_share_ratio",
+            "Share of units the gateway sends to treatment (0-1), per experiment.",
+            ["route", "experiment"],
+            registry=registry,
+        )
+        self.errors = Counter(
+            "abgate_errors_total",
+            "Unexpected errors caught at the top of a request or a background loop.",
+            ["component"],
+            registry=registry,
+        )
+        self._arm_cache: dict[tuple[str, str, str], _ArmSeries] = {}
+        self._req_cache: dict[tuple[str, str, str, str], Counter] = {}
+
+    def arm_series(self, route: str, experiment: str, arm: str) -> _ArmSeries:
+        key = (route, experiment, arm)
+        series = self._arm_cache.get(key)
+        if series is None:
+            series = _ArmSeries(
+                duration=self.duration.labels(*key),
+                ttft=self.ttft.labels(*key),
+                prompt_tokens=self.tokens.labels(*key, "prompt"),
+                completion_tokens=self.tokens.labels(*key, "completion"),
+                cost=self.cost.labels(*key),
+            )
+            self._arm_cache[key] = series
+        return series
+
+    def request_counter(self, route: str, experiment: str, arm: str, status_class: str) -> Counter:
+        key = (route, experiment, arm, status_class)
+        child = self._req_cache.get(key)
+        if child is None:
+            child = self.requests.labels(*key)
+            self._req_cache[key] = child
+        return child

@@ -1,0 +1,56 @@
+"""Process settings: one `Settings`, built once at start-up from `ABGATE_*` variables.
+
+`os.environ` is read nowhere else in the gateway; everything below is passed down explicitly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Gateway settings. Every field is `ABGATE_<NAME>` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="ABGATE_", extra="ignore")
+
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis URL. Unset: a private redis-server is started for this process.",
+    )
+    admin_token: SecretStr | None = None
+    config_file: Path | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+    unit_id_headers: list[str] = Field(default_factory=lambda: ["x-user-id", "x-tenant-id"])
+
+    # Event writer (per request: stream entry, request index, aggregates).
+    event_buffer: int = Field(default=200_000, gt=0, description="Events held while Redis is away")
+    event_batch: int = Field(default=256, gt=0)
+    event_stream_maxlen: int = Field(default=1_000_000, gt=0)
+    feedback_window_seconds: int = Field(default=7 * 86400, gt=0)
+    minute_retention_seconds: int = Field(default=30 * 86400, gt=0)
+    shutdown_flush_seconds: float = Field(default=10.0, ge=0)
+
+    config_poll_seconds: float = Field(default=2.0, gt=0)
+    models_cache_seconds: float = Field(default=10.0, ge=0)
+
+    upstream_connect_timeout: float = Field(default=5.0, gt=0)
+    upstream_read_timeout: float = Field(default=600.0, gt=0)
+    upstream_max_connections: int = Field(default=1000, gt=0)
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] = "json"
+
+    @field_validator("unit_id_headers")
+    @classmethod
+    def _lower_headers(cls, value: list[str]) -> list[str]:
+        cleaned = [h.strip().lower() for h in value if h.strip()]
+        if not cleaned:
+            raise ValueError("at least one unit id header is required")
+        return cleaned

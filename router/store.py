@@ -1,0 +1,174 @@
+"""Experiment configuration in Redis: one versioned document, an audit stream, change events.
+
+Layout (docs/redis.md)::
+
+    abgate:config          JSON {"version": n, "experiments": {name: experiment}}
+    abgate:config:version  n, for cheap polling
+    abgate:config:changes  pub/sub channel; the message is the new version
+    abgate:audit           stream of changes: actor, action, experiment, before, after, reason
+
+Writers replace the document in a WATCH/MULTI transaction that increments the version, appends
+to the audit stream and publishes, so every gateway replica swaps its in-memory table at once;
+replicas also poll the version, so a missed message heals within `config_poll_seconds`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import WatchError
+
+from router.errors import ConfigError
+from router.experiments import Experiment, check_unique
+
+logger = logging.getLogger(__name__)
+
+CONFIG_KEY = "abgate:config"
+VERSION_KEY = "abgate:config:version"
+CHANNEL = "abgate:config:changes"
+AUDIT_KEY = "abgate:audit"
+AUDIT_MAXLEN = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigDoc:
+    """One version of the stored configuration."""
+
+    version: int
+    experiments: dict[str, Experiment] = field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(
+            {
+                "version": self.version,
+                "experiments": {n: e.model_dump(mode="json") for n, e in self.experiments.items()},
+            }
+        )
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> ConfigDoc:
+        try:
+            data = orjson.loads(raw)
+            return cls(
+                version=int(data["version"]),
+                experiments={
+                    n: Experiment.model_validate(e) for n, e in data["experiments"].items()
+                },
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"stored config document is invalid: {exc}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    actor: str
+    action: str
+    experiment: str
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+    reason: str = ""
+
+
+Mutation = Callable[[dict[str, Experiment]], tuple[dict[str, Experiment], list[AuditEntry]]]
+
+
+class ConfigStore:
+    """Reads and writes the configuration document."""
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self._redis = redis
+
+    async def version(self) -> int:
+        raw = await self._redis.get(VERSION_KEY)
+        return int(raw) if raw is not None else 0
+
+    async def load(self) -> ConfigDoc:
+        raw = await self._redis.get(CONFIG_KEY)
+        if raw is None:
+            return ConfigDoc(version=0)
+        return ConfigDoc.from_json(raw)
+
+    async def update(self, mutate: Mutation, *, retries: int = 20) -> ConfigDoc:
+        """Apply `mutate` to the current experiments atomically and return the new document.
+
+        `mutate` returns the new experiments and the audit entries describing the change; it may
+        raise to refuse the change (nothing is written then). No entries: nothing is written.
+        """
+        for _ in range(retries):
+            async with self._redis.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(CONFIG_KEY)
+                    raw = await pipe.get(CONFIG_KEY)
+                    current = ConfigDoc.from_json(raw) if raw is not None else ConfigDoc(0)
+                    experiments, entries = mutate(dict(current.experiments))
+                    if not entries:
+                        return current
+                    try:
+                        check_unique(list(experiments.values()))
+                    except ValueError as exc:
+                        raise ConfigError(str(exc)) from exc
+                    new = ConfigDoc(version=current.version + 1, experiments=experiments)
+                    pipe.multi()
+                    pipe.set(CONFIG_KEY, new.to_json())
+                    pipe.set(VERSION_KEY, new.version)
+                    for entry in entries:
+                        pipe.xadd(
+                            AUDIT_KEY,
+                            _audit_fields(entry, new.version),
+                            maxlen=AUDIT_MAXLEN,
+                            approximate=True,
+                        )
+                    pipe.publish(CHANNEL, str(new.version))
+                    await pipe.execute()
+                    return new
+                except WatchError:
+                    continue
+        raise ConfigError("the configuration changed concurrently too often; try again")
+
+    async def seed(self, experiments: list[Experiment], *, actor: str) -> ConfigDoc:
+        """Create the experiments of a config file that Redis does not have yet.
+
+        Experiments already stored are left as they are (they may have been changed at runtime
+        since); a differing file entry is logged, not applied.
+        """
+
+        def mutate(
+            current: dict[str, Experiment],
+        ) -> tuple[dict[str, Experiment], list[AuditEntry]]:
+            entries: list[AuditEntry] = []
+            for exp in experiments:
+                stored = current.get(exp.name)
+                if stored is None:
+                    current[exp.name] = exp
+                    entries.append(
+                        AuditEntry(actor, "create", exp.name, None, exp.model_dump(mode="json"),
+                                   "from the config file")  # fmt: skip
+                    )
+                elif stored != exp:
+                    logger.warning(
+                        "experiment %s in Redis differs from the config file; the stored one "
+                        "applies (change it through the admin API)",
+                        exp.name,
+                    )
+            return current, entries
+
+        return await self.update(mutate)
+
+
+def _audit_fields(entry: AuditEntry, version: int) -> dict[str, str | bytes | int]:
+    return {
+        "ts": f"{time.time():.3f}",
+        "version": version,
+        "actor": entry.actor,
+        "action": entry.action,
+        "experiment": entry.experiment,
+        "before": orjson.dumps(entry.before),
+        "after": orjson.dumps(entry.after),
+        "reason": entry.reason,
+    }

@@ -1,0 +1,1 @@
+"""Everything that talks to a model server, including the vLLM-compatible emulator."""

@@ -1,0 +1,65 @@
+"""Byte-exact body edits: the located spans are exactly the top-level values."""
+
+from __future__ import annotations
+
+import json
+
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from router.body import rewrite, top_level_spans
+from router.proxy import _ask_usage
+
+KEYS = frozenset((b'"model"', b'"stream_options"'))
+
+scalars = st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=False, allow_infinity=False) | st.text()
+values = st.recursive(
+    scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4)
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(st.text(), values, max_size=6),
+    st.text(),
+    st.booleans(),
+    st.sampled_from([None, ", ", ",\n  "]),
+)
+def test_spans_locate_top_level_values(
+    doc: dict[str, object], model: str, model_first: bool, sep: str | None
+) -> None:
+    doc = {k: v for k, v in doc.items() if k != "model"}
+    items = [("model", model), *doc.items()] if model_first else [*doc.items(), ("model", model)]
+    ordered = dict(items)
+    raw = (json.dumps(ordered, separators=(sep, ": ")) if sep else json.dumps(ordered)).encode()
+    spans = top_level_spans(raw, KEYS)
+    start, end = spans[b'"model"']
+    assert orjson.loads(raw[start:end]) == model
+    replaced = rewrite(raw, [(start, end, orjson.dumps("target"))])
+    parsed = orjson.loads(replaced)
+    assert parsed["model"] == "target"
+    assert {k: v for k, v in parsed.items() if k != "model"} == orjson.loads(
+        orjson.dumps({k: v for k, v in ordered.items() if k != "model"})
+    )
+
+
+def test_only_model_bytes_change() -> None:
+    raw = b'{"messages": [{"role": "user", "content": "model"}], "model" : "alias", "x": 1.50}'
+    out = _ask_usage(raw, False, False, b'"upstream-model"')
+    assert out == raw.replace(b'"alias"', b'"upstream-model"')
+
+
+def test_usage_is_requested_on_streams_only() -> None:
+    raw = b'{"model":"a","stream":true}'
+    out = orjson.loads(_ask_usage(raw, True, False, b'"b"'))
+    assert out == {"model": "b", "stream": True, "stream_options": {"include_usage": True}}
+    explicit_off = b'{"model":"a","stream":true,"stream_options":{"include_usage":false,"x":1}}'
+    out = orjson.loads(_ask_usage(explicit_off, True, False, b'"b"'))
+    assert out["stream_options"] == {"include_usage": True, "x": 1}
+    assert _ask_usage(b'{"model":"a"}', False, False, None) == b'{"model":"a"}'
+
+
+def test_escaped_key_is_found() -> None:
+    raw = b'{"m\\u006fdel": "alias"}'
+    assert top_level_spans(raw, KEYS) == {b'"model"': (15, 22)}
