@@ -71,11 +71,16 @@ class EmbeddedRedis:
             "yes" if self.appendonly else "no", "--appendfsync", "everysec",
             "--daemonize", "no", "--logfile", str(self.data_dir / "redis.log"),
         ]  # fmt: skip
+        self.data_dir.mkdir(parents=True, exist_ok=True)
         self._proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 err = self._proc.stderr.read().decode() if self._proc.stderr else ""
+                log = self.data_dir / "redis.log"
+                if log.exists():
+                    err += log.read_text(errors="replace")[-1000:]
+                self._proc = None
                 raise RuntimeError(f"redis-server exited at start: {err.strip()}")
             if self.ping():
                 logger.info("embedded redis-server on port %d (%s)", self.port, self.data_dir)

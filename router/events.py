@@ -224,7 +224,5 @@ class EventWriter:
             self._metrics.event_queue_depth.set(len(self._buffer))
 
 
-
-
 def now() -> float:
     return time.time()

@@ -144,6 +144,12 @@ class Gateway:
     async def refresh(self) -> None:
         """Reload the document if its version moved."""
         version = await self.store.version()
+        if version == 0 and self.file_config.experiments:
+            # Redis lost its data (a restart without persistence): seed it again from the file
+            # rather than dropping every route.
+            logger.warning("Redis holds no configuration; seeding it from the config file")
+            self.apply(await self.store.seed(self.file_config.experiments, actor="config-file"))
+            return
         if version != self.table.version or not self.config_loaded:
             self.apply(await self.store.load())
 
@@ -173,7 +179,7 @@ class Gateway:
                 await asyncio.sleep(poll)
             finally:
                 with contextlib.suppress(RedisError, OSError, RuntimeError):
-                    await pubsub.aclose()
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     # -- model list --------------------------------------------------------------------------
 

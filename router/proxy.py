@@ -294,7 +294,9 @@ class Proxy:
         exp_name = plan.exp.experiment.name if plan.exp is not None else ""
         arm = plan.arm.arm if plan.arm is not None else ""
         status = out.status or 500
-        gw.metrics.request_counter(plan.route, exp_name, arm, _status_class(status, out.error)).inc()
+        gw.metrics.request_counter(
+            plan.route, exp_name, arm, _status_class(status, out.error)
+        ).inc()
         series = gw.metrics.arm_series(plan.route, exp_name, arm)
         series.duration.observe(elapsed)
         if out.ttft >= 0:
@@ -359,7 +361,9 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
             return b"".join(chunks) if len(chunks) != 1 else chunks[0]
 
 
-def _unit_id(exp: CompiledExperiment, headers: dict[bytes, bytes], data: dict[str, Any]) -> str | None:
+def _unit_id(
+    exp: CompiledExperiment, headers: dict[bytes, bytes], data: dict[str, Any]
+) -> str | None:
     for name in exp.unit_headers:
         value = headers.get(name)
         if value:
@@ -371,7 +375,9 @@ def _unit_id(exp: CompiledExperiment, headers: dict[bytes, bytes], data: dict[st
     return None
 
 
-def _ask_usage(raw: bytes, stream: bool, client_wants_usage: bool, model_json: bytes | None) -> bytes:
+def _ask_usage(
+    raw: bytes, stream: bool, client_wants_usage: bool, model_json: bytes | None
+) -> bytes:
     """Rewrite `model` (when routed to an arm) and, on streams, ask for the usage chunk."""
     if model_json is None and (not stream or client_wants_usage):
         return raw

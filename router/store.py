@@ -92,7 +92,7 @@ class ConfigStore:
         raw = await self._redis.get(CONFIG_KEY)
         if raw is None:
             return ConfigDoc(version=0)
-        return ConfigDoc.from_json(raw)
+        return ConfigDoc.from_json(_as_bytes(raw))
 
     async def update(self, mutate: Mutation, *, retries: int = 20) -> ConfigDoc:
         """Apply `mutate` to the current experiments atomically and return the new document.
@@ -105,7 +105,9 @@ class ConfigStore:
                 try:
                     await pipe.watch(CONFIG_KEY)
                     raw = await pipe.get(CONFIG_KEY)
-                    current = ConfigDoc.from_json(raw) if raw is not None else ConfigDoc(0)
+                    current = (
+                        ConfigDoc.from_json(_as_bytes(raw)) if raw is not None else ConfigDoc(0)
+                    )
                     experiments, entries = mutate(dict(current.experiments))
                     if not entries:
                         return current
@@ -114,7 +116,7 @@ class ConfigStore:
                     except ValueError as exc:
                         raise ConfigError(str(exc)) from exc
                     new = ConfigDoc(version=current.version + 1, experiments=experiments)
-                    pipe.multi()
+                    pipe.multi()  # type: ignore[no-untyped-call]
                     pipe.set(CONFIG_KEY, new.to_json())
                     pipe.set(VERSION_KEY, new.version)
                     for entry in entries:
@@ -147,8 +149,14 @@ class ConfigStore:
                 if stored is None:
                     current[exp.name] = exp
                     entries.append(
-                        AuditEntry(actor, "create", exp.name, None, exp.model_dump(mode="json"),
-                                   "from the config file")  # fmt: skip
+                        AuditEntry(
+                            actor,
+                            "create",
+                            exp.name,
+                            None,
+                            exp.model_dump(mode="json"),
+                            "from the config file",
+                        )
                     )
                 elif stored != exp:
                     logger.warning(
@@ -161,7 +169,11 @@ class ConfigStore:
         return await self.update(mutate)
 
 
-def _audit_fields(entry: AuditEntry, version: int) -> dict[str, str | bytes | int]:
+def _as_bytes(raw: bytes | str) -> bytes:
+    return raw.encode() if isinstance(raw, str) else raw
+
+
+def _audit_fields(entry: AuditEntry, version: int) -> dict[Any, Any]:
     return {
         "ts": f"{time.time():.3f}",
         "version": version,

@@ -80,9 +80,7 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: floa
     raise RuntimeError(f"{url} did not become ready in {timeout}s")
 
 
-async def _simulate(
-    gateway: str, users: int, seed: int, concurrency: int
-) -> dict[str, set[str]]:
+async def _simulate(gateway: str, users: int, seed: int, concurrency: int) -> dict[str, set[str]]:
     import openai
 
     rng = random.Random(seed)
@@ -101,19 +99,21 @@ async def _simulate(
                 async with sem:
                     messages = [{"role": "user", "content": rng.choice(questions)}]
                     if stream:
-                        raw = await client.chat.completions.with_raw_response.create(
+                        sraw = await client.chat.completions.with_raw_response.create(
                             model=ROUTE, messages=messages,  # type: ignore[arg-type]
                             stream=True, extra_headers={"X-User-Id": uid},
                         )  # fmt: skip
-                        async for _chunk in raw.parse():
+                        async for _chunk in sraw.parse():  # type: ignore[union-attr]
                             pass
+                        arm = sraw.headers.get("x-abgate-arm", "?")
                     else:
                         raw = await client.chat.completions.with_raw_response.create(
                             model=ROUTE, messages=messages,  # type: ignore[arg-type]
                             max_tokens=48, extra_headers={"X-User-Id": uid},
                         )  # fmt: skip
                         raw.parse()
-                    arms_of[uid].add(raw.headers.get("x-abgate-arm", "?"))
+                        arm = raw.headers.get("x-abgate-arm", "?")
+                    arms_of[uid].add(arm)
 
         await asyncio.gather(
             *(user(f"user-{i:05d}", 1 + rng.randrange(3), rng.random() < 0.3) for i in range(users))
@@ -125,9 +125,10 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= args.percent <= 100:
         print("abgate demo: error: --percent must be between 0 and 100", file=sys.stderr)
         return 2
-    with tempfile.TemporaryDirectory(prefix="abgate-demo-") as tmp_s, EmbeddedRedis(
-        appendonly=False
-    ) as rds:
+    with (
+        tempfile.TemporaryDirectory(prefix="abgate-demo-") as tmp_s,
+        EmbeddedRedis(appendonly=False) as rds,
+    ):
         tmp = Path(tmp_s)
         adapter = tmp / "adapters" / ADAPTER
         adapter.mkdir(parents=True)
@@ -177,9 +178,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"redis      {rds.url}")
         print(f"emulator   http://127.0.0.1:{emu_port}  (base {BASE_MODEL}, adapter {ADAPTER})")
         print(f"gateway    http://127.0.0.1:{gw_port}  (route {ROUTE}: {args.percent}% treatment)")
-        with _process(emu_cmd, env, tmp / "emulator.log") as emu, _process(
-            gw_cmd, gw_env, tmp / "gateway.log"
-        ) as gw:
+        with (
+            _process(emu_cmd, env, tmp / "emulator.log") as emu,
+            _process(gw_cmd, gw_env, tmp / "gateway.log") as gw,
+        ):
             _wait_http(f"http://127.0.0.1:{emu_port}/health", emu, tmp / "emulator.log")
             _wait_http(f"http://127.0.0.1:{gw_port}/readyz", gw, tmp / "gateway.log")
             t0 = time.monotonic()
@@ -197,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
 def _report(url: str, arms_of: dict[str, set[str]], elapsed: float) -> None:
     client = redis.Redis.from_url(url, decode_responses=True)
     try:
-        users = defaultdict(int)
+        users: dict[str, int] = defaultdict(int)
         for arms in arms_of.values():
             for arm in arms:
                 users[arm] += 1
@@ -216,7 +218,7 @@ def _report(url: str, arms_of: dict[str, set[str]], elapsed: float) -> None:
                     str(users[arm]),
                     f"{100 * users[arm] / total_users:.1f}%",
                     str(n),
-                    agg.get("errors", "0"),
+                    str(agg.get("errors", "0")),
                     f"{float(agg.get('latency_ms_sum', 0)) / n:.1f} ms" if n else "-",
                     f"{float(agg.get('ttft_ms_sum', 0)) / ttft_n:.1f} ms" if ttft_n else "-",
                     f"{int(agg.get('completion_tokens', 0)) / n:.1f}" if n else "-",

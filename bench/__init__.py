@@ -1,0 +1,1 @@
+"""Benchmarks of the gateway's request path (see bench/README.md)."""

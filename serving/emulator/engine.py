@@ -1,0 +1,310 @@
+"""The emulated engine: plans a generation, paces it, and renders vLLM's response bodies.
+
+`Engine.plan` turns a validated request into a `Job` (texts, token counts, whether an injected
+failure hits it); `Engine.complete` renders the non-streaming body and `Engine.stream` the SSE
+events. Timing, per model profile:
+
+- non-streaming: ``latency_ms + ttft_ms`` before the first token, then one decode step per
+  ``1/tokens_per_second`` (all ``n`` choices advance together, as in a batch);
+- streaming: the same schedule, one ``data:`` chunk per word and choice.
+
+Injected failures (``error_rate``) draw from one `random.Random(seed)` per engine, so a run with
+the same seed and request order fails the same requests. A non-streaming failure is a 500; a
+streaming one is a 500 before the stream or, half of the time, an error event after the first
+content chunk followed by ``data: [DONE]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+
+from serving.emulator import errors
+from serving.emulator.config import EmulatorConfig, ModelProfile
+from serving.emulator.generate import Generation, count_tokens, generate
+from serving.emulator.metrics import EmulatorMetrics
+from serving.emulator.protocol import ChatCompletionRequest, CompletionRequest
+
+__all__ = ["Engine", "Job"]
+
+Kind = Literal["chat", "completion"]
+Failure = Literal["before", "mid"] | None
+
+_DONE = b"data: [DONE]\n\n"
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One planned generation request."""
+
+    kind: Kind
+    request_id: str
+    created: int
+    model: str
+    adapter: str | None
+    profile: ModelProfile
+    prompt_tokens: int
+    choices: tuple[Generation, ...]
+    include_usage: bool
+    continuous_usage: bool
+    failure: Failure
+
+    @property
+    def object_name(self) -> str:
+        return "chat.completion" if self.kind == "chat" else "text_completion"
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(len(choice.tokens) for choice in self.choices)
+
+    @property
+    def steps(self) -> int:
+        return max((len(choice.tokens) for choice in self.choices), default=0)
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "completion_tokens": completion_tokens,
+    }
+
+
+def _event(payload: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+async def _sleep(seconds: float) -> None:
+    if seconds > 0:
+        await asyncio.sleep(seconds)
+
+
+class Engine:
+    """Plans, paces and renders generations for one emulated server."""
+
+    def __init__(self, config: EmulatorConfig, metrics: EmulatorMetrics) -> None:
+        self._config = config
+        self._metrics = metrics
+        self._rng = random.Random(config.seed)
+        self.in_flight = 0
+
+    def plan(
+        self,
+        request: ChatCompletionRequest | CompletionRequest,
+        *,
+        model: str,
+        adapter: str | None,
+        profile: ModelProfile,
+        request_id: str,
+    ) -> Job:
+        """Generate the texts and decide the request's fate; raises `EmulatorError` (400)."""
+        kind: Kind = "chat" if isinstance(request, ChatCompletionRequest) else "completion"
+        prompts = request.prompts()
+        lengths = [count_tokens(prompt) for prompt in prompts]
+        limit = request.token_limit
+        max_len = self._config.max_model_len
+        for length in lengths:
+            if length >= max_len:
+                raise errors.bad_request(
+                    f"This model's maximum context length is {max_len} tokens. However, your "
+                    f"request has {length} input tokens. Please reduce the length of the input "
+                    "messages."
+                )
+            if limit is not None and length + limit > max_len:
+                raise errors.bad_request(
+                    f"This model's maximum context length is {max_len} tokens. However, you "
+                    f"requested {length + limit} tokens ({length} in the messages, {limit} in "
+                    "the completion). Please reduce the length of the messages or completion."
+                )
+        choices = tuple(
+            generate(
+                model,
+                prompt,
+                seed=self._config.seed,
+                quality=profile.quality,
+                max_tokens=min(limit or max_len, max_len - length),
+                index=sample,
+            )
+            for prompt, length in zip(prompts, lengths, strict=True)
+            for sample in range(request.n)
+        )
+        failure: Failure = None
+        if profile.error_rate > 0 and self._rng.random() < profile.error_rate:
+            failure = "mid" if request.stream and self._rng.random() < 0.5 else "before"
+        return Job(
+            kind=kind,
+            request_id=f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{request_id}",
+            created=int(time.time()),
+            model=model,
+            adapter=adapter,
+            profile=profile,
+            prompt_tokens=sum(lengths),
+            choices=choices,
+            include_usage=request.wants_usage,
+            continuous_usage=request.wants_continuous_usage,
+            failure=failure,
+        )
+
+    def _begin(self, job: Job) -> None:
+        self.in_flight += 1
+        self._metrics.request_started(job.adapter, len(job.choices))
+
+    def _end(self, job: Job, start: float, finished: bool, emitted: int) -> None:
+        self.in_flight -= 1
+        metrics = self._metrics
+        metrics.request_finished(job.adapter, len(job.choices))
+        metrics.prompt_tokens.inc(job.prompt_tokens)
+        metrics.generation_tokens.inc(emitted)
+        for choice in job.choices:
+            metrics.finished(choice.finish_reason if finished else "abort")
+        metrics.e2e_latency.observe(time.monotonic() - start)
+
+    async def complete(self, job: Job) -> dict[str, Any]:
+        """The non-streaming response body, after the profile's delay."""
+        if job.failure is not None:
+            raise errors.injected_failure()
+        profile = job.profile
+        per_token = 1 / profile.tokens_per_second if profile.tokens_per_second else 0.0
+        start = time.monotonic()
+        self._begin(job)
+        finished = False
+        try:
+            await _sleep((profile.latency_ms + profile.ttft_ms) / 1000 + per_token)
+            self._metrics.ttft.observe(time.monotonic() - start)
+            await _sleep(per_token * (job.steps - 1))
+            finished = True
+        finally:
+            self._end(job, start, finished, job.completion_tokens if finished else 0)
+        return self._body(job)
+
+    def _body(self, job: Job) -> dict[str, Any]:
+        choices: list[dict[str, Any]] = []
+        for index, choice in enumerate(job.choices):
+            if job.kind == "chat":
+                message: dict[str, Any] = {
+                    "role": "assistant",
+                    "content": choice.text,
+                    "refusal": None,
+                    "annotations": None,
+                    "audio": None,
+                    "function_call": None,
+                    "tool_calls": [],
+                    "reasoning_content": None,
+                }
+                choices.append(
+                    {
+                        "index": index,
+                        "message": message,
+                        "logprobs": None,
+                        "finish_reason": choice.finish_reason,
+                        "stop_reason": None,
+                    }
+                )
+            else:
+                choices.append(
+                    {
+                        "index": index,
+                        "text": choice.text,
+                        "logprobs": None,
+                        "finish_reason": choice.finish_reason,
+                        "stop_reason": None,
+                        "prompt_logprobs": None,
+                    }
+                )
+        usage: dict[str, Any] = _usage(job.prompt_tokens, job.completion_tokens)
+        usage["prompt_tokens_details"] = None
+        body: dict[str, Any] = {
+            "id": job.request_id,
+            "object": job.object_name,
+            "created": job.created,
+            "model": job.model,
+            "choices": choices,
+            "service_tier": None,
+            "system_fingerprint": None,
+            "usage": usage,
+        }
+        if job.kind == "chat":
+            body["prompt_logprobs"] = None
+        body["kv_transfer_params"] = None
+        return body
+
+    def _chunk(self, job: Job, choices: list[dict[str, Any]], emitted: int | None = None) -> bytes:
+        payload: dict[str, Any] = {
+            "id": job.request_id,
+            "object": f"{job.object_name}.chunk" if job.kind == "chat" else job.object_name,
+            "created": job.created,
+            "model": job.model,
+            "choices": choices,
+        }
+        if emitted is not None:
+            payload["usage"] = _usage(job.prompt_tokens, emitted)
+        return _event(payload)
+
+    def _piece(self, job: Job, index: int, text: str, finish: str | None) -> dict[str, Any]:
+        if job.kind == "chat":
+            choice: dict[str, Any] = {
+                "index": index,
+                "delta": {"content": text},
+                "logprobs": None,
+                "finish_reason": finish,
+            }
+            if finish is not None:
+                choice["stop_reason"] = None
+            return choice
+        return {
+            "index": index,
+            "text": text,
+            "logprobs": None,
+            "finish_reason": finish,
+            "stop_reason": None,
+        }
+
+    async def stream(self, job: Job) -> AsyncIterator[bytes]:
+        """The SSE events of a streaming response (``Job.failure != "before"``)."""
+        profile = job.profile
+        per_token = 1 / profile.tokens_per_second if profile.tokens_per_second else 0.0
+        fmt = self._config.error_format
+        continuous = job.continuous_usage
+        start = time.monotonic()
+        self._begin(job)
+        emitted = 0
+        finished = False
+        try:
+            await _sleep((profile.latency_ms + profile.ttft_ms) / 1000)
+            if job.kind == "chat":
+                for index in range(len(job.choices)):
+                    role = {
+                        "index": index,
+                        "delta": {"role": "assistant", "content": ""},
+                        "logprobs": None,
+                        "finish_reason": None,
+                    }
+                    yield self._chunk(job, [role], 0 if continuous else None)
+            for step in range(job.steps):
+                await _sleep(per_token)
+                for index, choice in enumerate(job.choices):
+                    if step >= len(choice.tokens):
+                        continue
+                    last = step == len(choice.tokens) - 1
+                    text = choice.tokens[step] if step == 0 else f" {choice.tokens[step]}"
+                    piece = self._piece(job, index, text, choice.finish_reason if last else None)
+                    emitted += 1
+                    yield self._chunk(job, [piece], emitted if continuous else None)
+                    if emitted == 1:
+                        self._metrics.ttft.observe(time.monotonic() - start)
+                        if job.failure == "mid":
+                            yield _event(errors.stream_error_event(errors.injected_failure(), fmt))
+                            yield _DONE
+                            return
+            if job.include_usage:
+                yield self._chunk(job, [], job.completion_tokens)
+            finished = True
+            yield _DONE
+        finally:
+            self._end(job, start, finished, emitted)
