@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,26 @@ def uvicorn_config(app: Any, host: str, port: int) -> uvicorn.Config:
     )
 
 
+def run_until_signal(server: uvicorn.Server) -> None:
+    """Run uvicorn; SIGTERM/SIGINT shut it down gracefully (in-flight requests finish, events
+    are flushed) and then return here, so the caller's own clean-up (the embedded Redis) runs.
+    uvicorn re-raises the signal it caught after shutting down; the handlers installed here
+    absorb it instead of letting it kill the process."""
+    received: list[int] = []
+
+    def absorb(signum: int, _frame: object) -> None:
+        received.append(signum)
+
+    previous = {s: signal.signal(s, absorb) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server.run()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if received:
+        logger.info("stopped by signal %d", received[0])
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(config_file=args.config, host=args.host, port=args.port)
@@ -84,6 +105,6 @@ def run(args: argparse.Namespace) -> int:
             print(f"abgate serve: error: {exc}", file=sys.stderr)
             return 2
         server = uvicorn.Server(uvicorn_config(app, settings.host, settings.port))
-        server.run()
+        run_until_signal(server)
         return 0 if server.started else 1
     return 0  # pragma: no cover

@@ -116,3 +116,26 @@ def test_events_beyond_the_buffer_are_dropped_and_counted(tmp_path: Path, emu: P
             client.close()
     finally:
         server.cleanup()
+
+
+def test_shutdown_flushes_buffered_events(tmp_path: Path, emu: Proc) -> None:
+    server = EmbeddedRedis(appendonly=True, data_dir=tmp_path / "redis")
+    server.start()
+    client = redis.Redis.from_url(server.url)
+    try:
+        config = {"experiments": [experiment("flush", "flush-route", emu.url, 50)]}
+        with gateway(tmp_path, config, server.url) as gw:
+            client.execute_command("CLIENT", "PAUSE", "2000", "WRITE")  # writes stall for 2 s
+            body = {"model": "flush-route", "messages": [{"role": "user", "content": "x"}]}
+            ids = [
+                httpx.post(
+                    gw.url + "/v1/chat/completions", json=body, headers={"X-User-Id": f"{i}"}
+                ).headers["x-request-id"]
+                for i in range(20)
+            ]
+            assert gw.stop() == 0  # SIGTERM while the events are still buffered
+        stored = {f[b"request_id"].decode() for _, f in client.xrange("abgate:{flush}:events")}
+        assert stored == set(ids)
+    finally:
+        client.close()
+        server.cleanup()
