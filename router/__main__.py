@@ -1,5 +1,3 @@
-import sys
-
 from router.cli.main import main
 
-sys.exit(main())
+main()

@@ -16,7 +16,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
+from router.admin import build_admin_router
+from router.errors import GatewayError
 from router.gateway import Gateway
 from router.http import Receive, Scope, Send, error_body
 from router.proxy import Proxy, new_request_id
@@ -44,10 +47,12 @@ class GatewayApp:
         await self.api(scope, receive, send)
 
 
-def _json_error(status: int, message: str, type_: str, code: str | None = None) -> Response:
+def _json_error(
+    status: int, message: str, type_: str, code: str | None = None, param: str | None = None
+) -> Response:
     rid = new_request_id()
     return Response(
-        content=error_body(message, type_, None, code, rid),
+        content=error_body(message, type_, param, code, rid),
         status_code=status,
         media_type="application/json",
         headers={"x-request-id": rid},
@@ -68,15 +73,37 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     api = FastAPI(title="abgate", lifespan=lifespan, docs_url=None, redoc_url=None)
     api.state.gateway = gateway
 
+    @api.exception_handler(GatewayError)
+    async def _domain_error(_: Request, exc: GatewayError) -> Response:
+        response = _json_error(exc.status, exc.message, exc.type, exc.code, exc.param)
+        if exc.status == 401:
+            response.headers["WWW-Authenticate"] = "Bearer"
+        return response
+
     @api.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
-        return _json_error(exc.status_code, str(exc.detail), "invalid_request_error")
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        response = _json_error(exc.status_code, str(exc.detail), "invalid_request_error")
+        response.headers.update(exc.headers or {})
+        if exc.status_code == 405:  # Starlette names only the first matching route's methods
+            methods = [
+                m
+                for m in ("GET", "POST", "PUT", "PATCH", "DELETE")
+                if any(
+                    r.matches({**request.scope, "method": m})[0] == Match.FULL
+                    for r in api.router.routes
+                )
+            ]
+            if methods:
+                response.headers["Allow"] = ", ".join(methods)
+        return response
 
     @api.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> Response:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
         where = ".".join(str(p) for p in first["loc"])
-        return _json_error(422, f"{where}: {first['msg']}", "invalid_request_error")
+        return _json_error(
+            422, f"{where}: {first['msg']}", "invalid_request_error", "invalid_value", where
+        )
 
     @api.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -104,4 +131,5 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     async def models() -> dict[str, object]:
         return {"object": "list", "data": await gateway.models()}
 
+    api.include_router(build_admin_router(gateway))
     return GatewayApp(gateway, api)

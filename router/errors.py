@@ -7,7 +7,13 @@ Hierarchy::
     ├── PayloadTooLarge            413: body over `ABGATE_MAX_BODY_BYTES`
     ├── UnsupportedMediaType       415: the body is not `application/json`
     ├── ModelNotFound              404: no route alias or default upstream for `model`
-    └── UpstreamUnavailable        502/504: the model server could not be reached in time
+    ├── UpstreamUnavailable        502/504: the model server could not be reached in time
+    ├── Unauthorized               401: admin API without the right bearer token
+    ├── NotFound                   404: no such experiment (admin API)
+    ├── Unprocessable              422: a change would make the experiment invalid
+    ├── Conflict                   409: duplicate name, route taken, transition not allowed
+    ├── PreconditionFailed         412: `If-Match` names a version that is no longer current
+    └── StoreUnavailable           503: Redis cannot be reached for a change (or admin disabled)
     ConfigError                    a configuration file or document is invalid (never an HTTP error)
 
 Errors from redis and aiohttp are translated where they are caught; the HTTP layer turns a
@@ -61,6 +67,42 @@ class UpstreamUnavailable(GatewayError):
         self.status = status
         if code is not None:
             self.code = code
+
+
+class Unauthorized(GatewayError):
+    status = 401
+    type = "authentication_error"
+    code = "unauthorized"
+
+
+class NotFound(GatewayError):
+    status = 404
+    type = "not_found_error"
+    code = "not_found"
+
+
+class Conflict(GatewayError):
+    status = 409
+    type = "conflict_error"
+    code = "conflict"
+
+
+class Unprocessable(GatewayError):
+    status = 422
+    type = "invalid_request_error"
+    code = "invalid_value"
+
+
+class PreconditionFailed(GatewayError):
+    status = 412
+    type = "precondition_failed"
+    code = "stale_version"
+
+
+class StoreUnavailable(GatewayError):
+    status = 503
+    type = "unavailable_error"
+    code = "unavailable"
 
 
 class ConfigError(Exception):

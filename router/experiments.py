@@ -8,6 +8,7 @@ a request sees the old config or the new one, never a mix.
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -23,7 +24,9 @@ MissingUnitPolicy = Literal["control", "random", "reject"]
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
-def _check_base_url(value: str) -> str:
+def _check_base_url(value: object) -> object:
+    if not isinstance(value, str):
+        return value  # the type check reports it
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"base_url must be an absolute http(s) URL, got {value!r}")
@@ -35,9 +38,9 @@ def _check_base_url(value: str) -> str:
 class Target(BaseModel):
     """Where one arm's requests go: an OpenAI-compatible base URL and the upstream model name."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
-    base_url: str
+    base_url: str = Field(pattern=r"^https?://[^\s/?#]+[^\s?#]*$", max_length=2000)
     model: str = Field(min_length=1)
     api_key: str | None = Field(default=None, description="Sent upstream instead of the client's")
     prompt_price_per_million: float = Field(default=0.0, ge=0)
@@ -45,26 +48,30 @@ class Target(BaseModel):
     connect_timeout: float | None = Field(default=None, gt=0)
     read_timeout: float | None = Field(default=None, gt=0)
 
-    _v_url = field_validator("base_url")(classmethod(lambda cls, v: _check_base_url(v)))
+    _v_url = field_validator("base_url", mode="before")(
+        classmethod(lambda cls, v: _check_base_url(v))
+    )
 
 
 class DefaultUpstream(BaseModel):
     """Where requests for a model that matches no route alias go (unchanged)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
-    base_url: str
+    base_url: str = Field(pattern=r"^https?://[^\s/?#]+[^\s?#]*$", max_length=2000)
     api_key: str | None = None
 
-    _v_url = field_validator("base_url")(classmethod(lambda cls, v: _check_base_url(v)))
+    _v_url = field_validator("base_url", mode="before")(
+        classmethod(lambda cls, v: _check_base_url(v))
+    )
 
 
 class Experiment(BaseModel):
     """One A/B experiment on one route alias."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
-    name: str
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
     route: str = Field(min_length=1, max_length=200)
     control: Target
     treatment: Target
@@ -72,17 +79,39 @@ class Experiment(BaseModel):
     state: State = "running"
     salt: str | None = Field(default=None, description="Hash salt; default: the name")
     unit_id_headers: list[str] | None = Field(
-        default=None, description="Header names tried in order; default: the gateway's setting"
+        default=None,
+        min_length=1,
+        description="Header names tried in order; default: the gateway's setting",
     )
     use_body_user: bool = Field(default=True, description="Fall back to the body's `user` field")
     missing_unit_policy: MissingUnitPolicy = "control"
     overrides: dict[str, Arm] = Field(default_factory=dict)
     description: str = ""
+    ramp_steps: list[float] = Field(
+        default_factory=lambda: [5.0, 10.0, 25.0, 50.0, 100.0],
+        min_length=1,
+        description="Shares (percent) that `advance` walks through, increasing, ending at 100",
+    )
+    # Bookkeeping, maintained by the store (not by clients):
+    version: int = Field(default=0, ge=0, description="Bumped on every change (ETag)")
+    state_reason: str = Field(default="", description="Why the last state change happened")
+    updated_at: float = Field(default=0.0, ge=0)
 
-    @field_validator("name")
+    @field_validator("ramp_steps")
     @classmethod
-    def _v_name(cls, v: str) -> str:
-        if not _NAME_RE.match(v):
+    def _v_steps(cls, v: list[float]) -> list[float]:
+        if not v:
+            raise ValueError("ramp_steps must list at least one share")
+        if any(not 0 < s <= 100 for s in v):
+            raise ValueError("every ramp step must be a percentage in (0, 100]")
+        if any(b <= a for a, b in itertools.pairwise(v)):
+            raise ValueError("ramp_steps must increase strictly")
+        return v
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _v_name(cls, v: object) -> object:
+        if isinstance(v, str) and not _NAME_RE.match(v):
             raise ValueError(
                 "name must be 1-100 characters of letters, digits, '.', '_' or '-', "
                 f"starting with a letter or digit; got {v!r}"
@@ -132,10 +161,22 @@ class Experiment(BaseModel):
         return self.salt if self.salt is not None else self.name
 
 
+BOOKKEEPING = frozenset({"version", "state_reason", "updated_at"})
+
+
+def differing_fields(a: Experiment, b: Experiment) -> list[str]:
+    """Names of the fields (bookkeeping aside) in which two experiments differ."""
+    da, db = a.model_dump(), b.model_dump()
+    return sorted(k for k in da if k not in BOOKKEEPING and da[k] != db.get(k))
+
+
+LIVE_STATES = frozenset({"draft", "running", "paused"})
+
+
 class ConfigFile(BaseModel):
     """The YAML file of `abgate serve --config`."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     experiments: list[Experiment] = Field(default_factory=list)
     default_upstream: DefaultUpstream | None = None
@@ -154,7 +195,7 @@ def check_unique(experiments: list[Experiment]) -> None:
         if exp.name in names:
             raise ValueError(f"duplicate experiment name {exp.name!r}")
         names.add(exp.name)
-        if exp.state in ("running", "paused", "draft"):
+        if exp.state in LIVE_STATES:
             other = routes.get(exp.route)
             if other is not None:
                 raise ValueError(
@@ -218,7 +259,7 @@ def compile_table(
     """Build the routing table. Final experiments (promoted, rolled back) keep their route
     unless a live experiment on the same route replaces them."""
     routes: dict[str, CompiledExperiment] = {}
-    ordered = sorted(experiments, key=lambda e: e.state in ("running", "paused", "draft"))
+    ordered = sorted(experiments, key=lambda e: e.state in LIVE_STATES)
     for exp in ordered:  # live experiments last, so they win their route
         headers = exp.unit_id_headers or default_unit_headers
         routes[exp.route] = CompiledExperiment(

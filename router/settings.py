@@ -22,6 +22,7 @@ class Settings(BaseSettings):
         description="Redis URL. Unset: a private redis-server is started for this process.",
     )
     admin_token: SecretStr | None = None
+    insecure_admin: bool = Field(default=False, description="Serve /admin without a token")
     config_file: Path | None = None
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)

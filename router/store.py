@@ -25,7 +25,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import WatchError
 
 from router.errors import ConfigError
-from router.experiments import Experiment, check_unique
+from router.experiments import Experiment, check_unique, differing_fields
 
 logger = logging.getLogger(__name__)
 
@@ -147,6 +147,7 @@ class ConfigStore:
             for exp in experiments:
                 stored = current.get(exp.name)
                 if stored is None:
+                    exp = exp.model_copy(update={"version": 1, "updated_at": time.time()})
                     current[exp.name] = exp
                     entries.append(
                         AuditEntry(
@@ -158,11 +159,12 @@ class ConfigStore:
                             "from the config file",
                         )
                     )
-                elif stored != exp:
+                elif diff := differing_fields(stored, exp):
                     logger.warning(
-                        "experiment %s in Redis differs from the config file; the stored one "
-                        "applies (change it through the admin API)",
+                        "experiment %s in Redis differs from the config file in %s; the stored "
+                        "one applies (change it through the admin API)",
                         exp.name,
+                        ", ".join(diff),
                     )
             return current, entries
 

@@ -7,7 +7,6 @@ official `openai` client. It prints what each arm saw, and stops everything it s
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
@@ -20,10 +19,11 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Annotated
 
 import httpx
 import redis
+import typer
 
 from router.embedded_redis import EmbeddedRedis, free_port
 
@@ -33,24 +33,16 @@ ROUTE = "support-bot"
 EXPERIMENT = "support-v2"
 
 
-def register(sub: Any) -> None:
-    p: argparse.ArgumentParser = sub.add_parser(
-        "demo", help="run the whole system locally with simulated users, then exit"
-    )
-    p.add_argument("--users", type=_positive, default=300, help="simulated users (default 300)")
-    p.add_argument(
-        "--percent", type=float, default=10.0, help="treatment share in percent (default 10)"
-    )
-    p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--concurrency", type=_positive, default=16)
-    p.set_defaults(handler=run)
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+def register(app: typer.Typer) -> None:
+    @app.command("demo")
+    def demo(
+        users: Annotated[int, typer.Option(min=1, help="simulated users")] = 300,
+        percent: Annotated[float, typer.Option(min=0, max=100, help="treatment share, %")] = 10.0,
+        seed: Annotated[int, typer.Option(help="seed of the simulated users")] = 7,
+        concurrency: Annotated[int, typer.Option(min=1, help="requests in flight")] = 16,
+    ) -> None:
+        """Run the whole system locally with simulated users, print per-arm figures, exit."""
+        raise typer.Exit(run(users, percent, seed, concurrency))
 
 
 @contextlib.contextmanager
@@ -121,10 +113,7 @@ async def _simulate(gateway: str, users: int, seed: int, concurrency: int) -> di
     return arms_of
 
 
-def run(args: argparse.Namespace) -> int:
-    if not 0 <= args.percent <= 100:
-        print("abgate demo: error: --percent must be between 0 and 100", file=sys.stderr)
-        return 2
+def run(users: int, percent: float, seed: int, concurrency: int) -> int:
     with (
         tempfile.TemporaryDirectory(prefix="abgate-demo-") as tmp_s,
         EmbeddedRedis(appendonly=False) as rds,
@@ -157,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
                                 "prompt_price_per_million": 0.10,
                                 "completion_price_per_million": 0.40,
                             },
-                            "treatment_percent": args.percent,
+                            "treatment_percent": percent,
                         }
                     ]
                 },
@@ -177,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
         gw_env = {**env, "ABGATE_REDIS_URL": rds.url, "ABGATE_LOG_LEVEL": "WARNING"}
         print(f"redis      {rds.url}")
         print(f"emulator   http://127.0.0.1:{emu_port}  (base {BASE_MODEL}, adapter {ADAPTER})")
-        print(f"gateway    http://127.0.0.1:{gw_port}  (route {ROUTE}: {args.percent}% treatment)")
+        print(f"gateway    http://127.0.0.1:{gw_port}  (route {ROUTE}: {percent}% treatment)")
         with (
             _process(emu_cmd, env, tmp / "emulator.log") as emu,
             _process(gw_cmd, gw_env, tmp / "gateway.log") as gw,
@@ -186,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
             _wait_http(f"http://127.0.0.1:{gw_port}/readyz", gw, tmp / "gateway.log")
             t0 = time.monotonic()
             arms_of = asyncio.run(
-                _simulate(f"http://127.0.0.1:{gw_port}", args.users, args.seed, args.concurrency)
+                _simulate(f"http://127.0.0.1:{gw_port}", users, seed, concurrency)
             )
             elapsed = time.monotonic() - t0
             time.sleep(0.5)  # let the background writer flush

@@ -1,18 +1,25 @@
-"""`abgate emulate`: run the vLLM emulator (serving.emulator)."""
+"""`abgate emulate`: run the vLLM emulator (serving.emulator); its flags are parsed by argparse."""
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+
+import typer
 
 from serving.emulator import cli as emulator_cli
 
 
-def register(sub: Any) -> None:
-    p: argparse.ArgumentParser = sub.add_parser(
+def register(app: typer.Typer) -> None:
+    @app.command(
         "emulate",
-        help="run a vLLM-compatible emulator (no GPU needed)",
-        description="Serve vLLM's OpenAI-compatible API with deterministic answers.",
+        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+        add_help_option=False,
     )
-    emulator_cli.add_arguments(p)
-    p.set_defaults(handler=emulator_cli.run)
+    def emulate(ctx: typer.Context) -> None:
+        """Run a vLLM-compatible emulator (no GPU needed); `abgate emulate --help` for flags."""
+        parser = argparse.ArgumentParser(
+            prog="abgate emulate",
+            description="Serve vLLM's OpenAI-compatible API with deterministic answers.",
+        )
+        emulator_cli.add_arguments(parser)
+        raise typer.Exit(emulator_cli.run(parser.parse_args(ctx.args)))

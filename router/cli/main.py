@@ -1,30 +1,25 @@
-"""`abgate`: entrypoint and sub-command table."""
+"""`abgate`: the command-line entrypoint (typer). One module per command group."""
 
 from __future__ import annotations
 
-import argparse
-import sys
-from collections.abc import Sequence
+import typer
 
-from router.cli import demo, emulate, serve
+from router.cli import demo, emulate, operator, serve
 
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="abgate", description="A/B gateway for LLM fine-tunes (see README.md)."
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (serve, emulate, demo):
-        module.register(sub)
-    return parser
+app = typer.Typer(
+    name="abgate",
+    help="A/B gateway for LLM fine-tunes (see README.md).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+for module in (serve, emulate, demo, operator):
+    module.register(app)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    code: int = args.handler(args)
-    return code
+def main() -> None:
+    app()
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

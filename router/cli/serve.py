@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+import typer
 import uvicorn
 from pydantic import ValidationError
 
@@ -22,16 +22,22 @@ from router.settings import Settings
 logger = logging.getLogger(__name__)
 
 
-def register(sub: Any) -> None:
-    p: argparse.ArgumentParser = sub.add_parser(
-        "serve",
-        help="run the gateway",
-        description="Run the gateway. Other settings come from ABGATE_* variables (README).",
-    )
-    p.add_argument("--config", type=Path, help="YAML file with `experiments:` (and more)")
-    p.add_argument("--host", help="listen address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, help="listen port (default 8080)")
-    p.set_defaults(handler=run)
+def register(app: typer.Typer) -> None:
+    @app.command("serve")
+    def serve(
+        config: Annotated[
+            Path | None, typer.Option(help="YAML file with `experiments:` (and more)")
+        ] = None,
+        host: Annotated[
+            str | None, typer.Option(help="listen address [default: 127.0.0.1]")
+        ] = None,
+        port: Annotated[int | None, typer.Option(help="listen port [default: 8080]")] = None,
+        insecure_admin: Annotated[
+            bool, typer.Option(help="serve /admin without ABGATE_ADMIN_TOKEN (local use only)")
+        ] = False,
+    ) -> None:
+        """Run the gateway. Other settings come from ABGATE_* variables (README)."""
+        raise typer.Exit(run(config, host, port, insecure_admin))
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -79,9 +85,11 @@ def run_until_signal(server: uvicorn.Server) -> None:
         logger.info("stopped by signal %d", received[0])
 
 
-def run(args: argparse.Namespace) -> int:
+def run(config: Path | None, host: str | None, port: int | None, insecure_admin: bool) -> int:
     try:
-        settings = load_settings(config_file=args.config, host=args.host, port=args.port)
+        settings = load_settings(
+            config_file=config, host=host, port=port, insecure_admin=insecure_admin or None
+        )
     except ConfigError as exc:
         print(f"abgate serve: error: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,380 @@
+"""The admin API under /admin: experiments, lifecycle actions and the audit log.
+
+Every route needs `Authorization: Bearer $ABGATE_ADMIN_TOKEN` (compared in constant time).
+Changes go through `ConfigStore.update` (one versioned document, audited, published), are
+applied on this replica at once, and reach the other replicas through pub/sub and polling.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, Header, Path, Query, Response
+from pydantic import BaseModel, Field
+from redis.exceptions import RedisError
+
+from router.errors import (
+    ConfigError,
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    PreconditionFailed,
+    StoreUnavailable,
+    Unauthorized,
+)
+from router.experiments import LIVE_STATES, Experiment
+from router.gateway import Gateway
+from router.lifecycle import Action, ActionRequest, ExperimentPatch, patch, transition
+from router.store import AUDIT_KEY, AuditEntry
+
+logger = logging.getLogger(__name__)
+
+ExperimentName = Annotated[str, Path(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._-]+$")]
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | int | None = None
+    request_id: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class ArmCounts(BaseModel):
+    requests: int = 0
+    errors: int = 0
+    feedback: int = 0
+
+
+class ExperimentStatus(BaseModel):
+    experiment: Experiment
+    arms: dict[str, ArmCounts]
+
+
+class ExperimentList(BaseModel):
+    version: int = Field(description="Version of the whole configuration document")
+    experiments: list[ExperimentStatus]
+
+
+class AuditRecord(BaseModel):
+    id: str
+    ts: float
+    version: int
+    actor: str
+    action: str
+    experiment: str
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+    reason: str
+
+
+class AuditList(BaseModel):
+    entries: list[AuditRecord]
+
+
+class Deleted(BaseModel):
+    deleted: str
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": text}
+    for code, text in (
+        (400, "Malformed header"),
+        (401, "Missing or wrong bearer token"),
+        (404, "No such experiment"),
+        (409, "Conflicts with the current state"),
+        (412, "If-Match names a stale version"),
+        (422, "Invalid body or parameters"),
+        (503, "Redis unreachable, or the admin API is disabled"),
+    )
+}
+
+
+def _parse_if_match(value: str | None) -> int | None:
+    if value is None:
+        return None
+    raw = value.strip().removeprefix("W/").strip('"')
+    if not raw.isdigit():
+        raise InvalidRequest('If-Match must carry the experiment\'s version, e.g. "3"')
+    return int(raw)
+
+
+def build_admin_router(gateway: Gateway) -> APIRouter:
+    settings = gateway.settings
+    token = settings.admin_token.get_secret_value().encode() if settings.admin_token else None
+    if token is None and not settings.insecure_admin:
+        logger.warning(
+            "admin API disabled: ABGATE_ADMIN_TOKEN is not set (use --insecure-admin for a "
+            "local setup without a token)"
+        )
+    elif token is None:
+        logger.warning("admin API running WITHOUT authentication (--insecure-admin)")
+
+    async def require_admin(authorization: Annotated[str | None, Header()] = None) -> None:
+        if token is None:
+            if settings.insecure_admin:
+                return
+            raise StoreUnavailable(
+                "the admin API is disabled: start the gateway with ABGATE_ADMIN_TOKEN set"
+            )
+        scheme, _, given = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token):
+            raise Unauthorized("a valid `Authorization: Bearer <admin token>` header is required")
+
+    router = APIRouter(
+        prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)], responses=_ERRORS
+    )
+
+    async def change(
+        name: str,
+        fn: Callable[[Experiment | None, dict[str, Experiment]], Experiment | None],
+        *,
+        actor: str,
+        action: str,
+        reason: str,
+        if_match: int | None = None,
+    ) -> Experiment | None:
+        """Apply `fn` to one experiment inside the store's transaction and audit it."""
+
+        def mutate(
+            exps: dict[str, Experiment],
+        ) -> tuple[dict[str, Experiment], list[AuditEntry]]:
+            current = exps.get(name)
+            if current is not None and if_match is not None and if_match != current.version:
+                raise PreconditionFailed(
+                    f"experiment {name!r} is at version {current.version}, not {if_match}; "
+                    "read it again and retry"
+                )
+            new = fn(current, exps)
+            if new is None:
+                exps.pop(name, None)
+            else:
+                _check_route_free(exps, new)
+                exps[name] = new
+            before = current.model_dump(mode="json") if current is not None else None
+            after = new.model_dump(mode="json") if new is not None else None
+            return exps, [AuditEntry(actor, action, name, before, after, reason)]
+
+        try:
+            doc = await gateway.store.update(mutate)
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis is unreachable; nothing was changed ({exc})") from exc
+        except ConfigError as exc:
+            raise Conflict(str(exc)) from exc
+        gateway.apply(doc)
+        logger.info("%s %s by %s: %s", action, name, actor, reason or "-")
+        return doc.experiments.get(name)
+
+    def _require(name: str, exp: Experiment | None) -> Experiment:
+        if exp is None:
+            raise NotFound(f"no experiment named {name!r}")
+        return exp
+
+    @router.get("/experiments", response_model=ExperimentList)
+    async def list_experiments() -> ExperimentList:
+        try:
+            doc = await gateway.store.load()
+            counts = await _arm_counts(gateway, list(doc.experiments))
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis is unreachable ({exc})") from exc
+        return ExperimentList(
+            version=doc.version,
+            experiments=[
+                ExperimentStatus(experiment=e, arms=counts[n]) for n, e in doc.experiments.items()
+            ],
+        )
+
+    @router.post("/experiments", status_code=201, response_model=Experiment)
+    async def create_experiment(
+        body: Experiment,
+        response: Response,
+        x_abgate_actor: Annotated[str, Header(max_length=200)] = "admin-api",
+    ) -> Experiment:
+        if body.state not in ("draft", "running"):
+            raise InvalidRequest(
+                f"state: an experiment is created as draft or running, not {body.state}",
+                param="state",
+            )
+
+        def create(current: Experiment | None, exps: dict[str, Experiment]) -> Experiment:
+            if current is not None:
+                raise Conflict(f"an experiment named {body.name!r} already exists")
+            return body.model_copy(
+                update={"version": 1, "updated_at": time.time(), "state_reason": "created"}
+            )
+
+        exp = _require(
+            body.name,
+            await change(body.name, create, actor=x_abgate_actor, action="create", reason=""),
+        )
+        response.headers["ETag"] = f'"{exp.version}"'
+        return exp
+
+    @router.get("/experiments/{name}", response_model=Experiment)
+    async def get_experiment(name: ExperimentName, response: Response) -> Experiment:
+        try:
+            doc = await gateway.store.load()
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis is unreachable ({exc})") from exc
+        exp = _require(name, doc.experiments.get(name))
+        response.headers["ETag"] = f'"{exp.version}"'
+        return exp
+
+    @router.patch("/experiments/{name}", response_model=Experiment)
+    async def patch_experiment(
+        name: ExperimentName,
+        body: ExperimentPatch,
+        response: Response,
+        if_match: Annotated[str | None, Header(pattern=r'^(W/)?"?[0-9]{1,15}"?$')] = None,
+        x_abgate_actor: Annotated[str, Header(max_length=200)] = "admin-api",
+    ) -> Experiment:
+        version = _parse_if_match(if_match)
+
+        def apply(current: Experiment | None, exps: dict[str, Experiment]) -> Experiment:
+            return patch(_require(name, current), body)
+
+        exp = _require(
+            name,
+            await change(
+                name, apply, actor=x_abgate_actor, action="patch", reason=body.reason,
+                if_match=version,
+            ),
+        )  # fmt: skip
+        response.headers["ETag"] = f'"{exp.version}"'
+        return exp
+
+    @router.delete("/experiments/{name}", response_model=Deleted)
+    async def delete_experiment(
+        name: ExperimentName,
+        if_match: Annotated[str | None, Header(pattern=r'^(W/)?"?[0-9]{1,15}"?$')] = None,
+        x_abgate_actor: Annotated[str, Header(max_length=200)] = "admin-api",
+    ) -> Deleted:
+        version = _parse_if_match(if_match)
+
+        def remove(current: Experiment | None, exps: dict[str, Experiment]) -> None:
+            exp = _require(name, current)
+            if exp.state in ("running", "paused"):
+                raise Conflict(
+                    f"experiment {name!r} is {exp.state}; roll it back or promote it before "
+                    "deleting it"
+                )
+            return None
+
+        await change(
+            name, remove, actor=x_abgate_actor, action="delete", reason="", if_match=version
+        )
+        return Deleted(deleted=name)
+
+    def action_route(action: Action) -> None:
+        async def act(
+            name: ExperimentName,
+            response: Response,
+            body: ActionRequest | None = None,
+            if_match: Annotated[str | None, Header(pattern=r'^(W/)?"?[0-9]{1,15}"?$')] = None,
+            x_abgate_actor: Annotated[str, Header(max_length=200)] = "admin-api",
+        ) -> Experiment:
+            version = _parse_if_match(if_match)
+            reason = body.reason if body is not None else ""
+
+            def apply(current: Experiment | None, exps: dict[str, Experiment]) -> Experiment:
+                return transition(_require(name, current), action, reason)
+
+            exp = _require(
+                name,
+                await change(
+                    name, apply, actor=x_abgate_actor, action=action, reason=reason,
+                    if_match=version,
+                ),
+            )  # fmt: skip
+            response.headers["ETag"] = f'"{exp.version}"'
+            return exp
+
+        act.__name__ = f"{action}_experiment"
+        router.add_api_route(
+            f"/experiments/{{name}}/{action}",
+            act,
+            methods=["POST"],
+            response_model=Experiment,
+            summary=f"{action.capitalize()} an experiment",
+        )
+
+    actions: tuple[Action, ...] = ("start", "pause", "resume", "promote", "rollback", "advance")
+    for action in actions:
+        action_route(action)
+
+    @router.get("/audit", response_model=AuditList)
+    async def audit(
+        experiment: Annotated[str | None, Query(max_length=100)] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> AuditList:
+        try:
+            raw = await gateway.redis.xrevrange(AUDIT_KEY, count=10_000 if experiment else limit)
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis is unreachable ({exc})") from exc
+        entries: list[AuditRecord] = []
+        for entry_id, fields in raw or []:
+            f = {_text(k): _text(v) for k, v in (fields or {}).items()}
+            if experiment is not None and f.get("experiment") != experiment:
+                continue
+            entries.append(
+                AuditRecord(
+                    id=_text(entry_id),
+                    ts=float(f.get("ts", 0)),
+                    version=int(f.get("version", 0)),
+                    actor=f.get("actor", ""),
+                    action=f.get("action", ""),
+                    experiment=f.get("experiment", ""),
+                    before=orjson.loads(f.get("before", "null")),
+                    after=orjson.loads(f.get("after", "null")),
+                    reason=f.get("reason", ""),
+                )
+            )
+            if len(entries) >= limit:
+                break
+        return AuditList(entries=entries)
+
+    return router
+
+
+def _text(value: bytes | str | None) -> str:
+    if value is None:
+        return ""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _check_route_free(exps: dict[str, Experiment], new: Experiment) -> None:
+    if new.state not in LIVE_STATES:
+        return
+    for other in exps.values():
+        if other.name != new.name and other.route == new.route and other.state in LIVE_STATES:
+            raise Conflict(
+                f"route {new.route!r} already has the {other.state} experiment {other.name!r}; "
+                "roll it back, promote it or delete it first"
+            )
+
+
+async def _arm_counts(gateway: Gateway, names: list[str]) -> dict[str, dict[str, ArmCounts]]:
+    async with gateway.redis.pipeline(transaction=False) as pipe:
+        for name in names:
+            for arm in ("control", "treatment"):
+                pipe.hmget(f"abgate:{{{name}}}:arm:{arm}", ["requests", "errors", "feedback"])
+        rows = await pipe.execute()
+    out: dict[str, dict[str, ArmCounts]] = {}
+    it = iter(rows)
+    for name in names:
+        out[name] = {}
+        for arm in ("control", "treatment"):
+            req, err, fb = next(it)
+            out[name][arm] = ArmCounts(
+                requests=int(req or 0), errors=int(err or 0), feedback=int(fb or 0)
+            )
+    return out

@@ -1,0 +1,115 @@
+"""Experiment lifecycle: the allowed transitions and the changes an operator can make.
+
+States::
+
+    draft --start--> running <--resume-- paused
+                     running --pause---> paused
+    running | paused --promote--> promoted        (treatment serves 100 %)
+    running | paused | promoted --rollback--> rolled_back   (share 0: everyone on control)
+
+`advance` moves a running experiment to the next of its `ramp_steps`. Promoted and rolled-back
+experiments are final apart from a rollback of a promotion. Functions here are pure: they take
+an experiment and return the changed copy, or raise `Conflict`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from router.errors import Conflict, Unprocessable
+from router.experiments import Arm, Experiment, MissingUnitPolicy, State, Target
+
+Action = Literal["start", "pause", "resume", "promote", "rollback", "advance"]
+
+ALLOWED: dict[Action, frozenset[State]] = {
+    "start": frozenset({"draft"}),
+    "pause": frozenset({"running"}),
+    "resume": frozenset({"paused"}),
+    "promote": frozenset({"running", "paused"}),
+    "rollback": frozenset({"running", "paused", "promoted"}),
+    "advance": frozenset({"running"}),
+}
+TARGET_STATE: dict[Action, State] = {
+    "start": "running",
+    "pause": "paused",
+    "resume": "running",
+    "promote": "promoted",
+    "rollback": "rolled_back",
+    "advance": "running",
+}
+
+
+class ExperimentPatch(BaseModel):
+    """Fields an operator may change on a live experiment (PATCH). Unset fields stay."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    treatment_percent: float | None = Field(default=None, ge=0, le=100)
+    route: str | None = Field(default=None, min_length=1, max_length=200)
+    control: Target | None = None
+    treatment: Target | None = None
+    description: str | None = None
+    overrides: dict[str, Arm] | None = None
+    ramp_steps: list[float] | None = Field(default=None, min_length=1)
+    unit_id_headers: list[str] | None = Field(default=None, min_length=1)
+    use_body_user: bool | None = None
+    missing_unit_policy: MissingUnitPolicy | None = None
+    reason: str = Field(default="", max_length=1000, description="Recorded in the audit log")
+
+
+class ActionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    reason: str = Field(default="", max_length=1000)
+
+
+def transition(exp: Experiment, action: Action, reason: str = "") -> Experiment:
+    """The experiment after `action`, or `Conflict` if its state does not allow it."""
+    if exp.state not in ALLOWED[action]:
+        allowed = " or ".join(sorted(ALLOWED[action]))
+        raise Conflict(
+            f"cannot {action} experiment {exp.name!r}: it is {exp.state}, and {action} needs "
+            f"it {allowed}"
+        )
+    update: dict[str, Any] = {"state": TARGET_STATE[action], "state_reason": reason or action}
+    if action == "advance":
+        nxt = next((s for s in exp.ramp_steps if s > exp.treatment_percent), None)
+        if nxt is None:
+            raise Conflict(
+                f"experiment {exp.name!r} is at its last ramp step "
+                f"({exp.treatment_percent:g} %); promote it instead"
+            )
+        update["treatment_percent"] = nxt
+        update["state_reason"] = reason or f"advance to {nxt:g} %"
+    elif action == "promote":
+        update["treatment_percent"] = 100.0
+    elif action == "rollback":
+        update["treatment_percent"] = 0.0
+    return bump(exp, **update)
+
+
+def patch(exp: Experiment, change: ExperimentPatch) -> Experiment:
+    """Apply a PATCH; validation errors come from re-validating the whole experiment."""
+    if exp.state in ("promoted", "rolled_back"):
+        raise Conflict(f"experiment {exp.name!r} is {exp.state}; create a new experiment instead")
+    fields = change.model_dump(exclude_unset=True, exclude={"reason"})
+    if not fields:
+        raise Conflict("the PATCH body changes nothing")
+    merged = exp.model_dump() | {k: getattr(change, k) for k in fields}
+    try:
+        return bump(Experiment.model_validate(merged))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise Unprocessable(f"{where}: {first['msg']}", param=where) from None
+
+
+def bump(exp: Experiment, **update: Any) -> Experiment:
+    """A copy with `update` applied, the version incremented and the time stamped."""
+    data = exp.model_dump() | update
+    data["version"] = exp.version + 1
+    data["updated_at"] = time.time()
+    return Experiment.model_validate(data)
