@@ -26,6 +26,7 @@ from router.errors import (
     PreconditionFailed,
     StoreUnavailable,
     Unauthorized,
+    Unprocessable,
 )
 from router.experiments import LIVE_STATES, Experiment
 from router.gateway import Gateway
@@ -200,7 +201,7 @@ def build_admin_router(gateway: Gateway) -> APIRouter:
         x_abgate_actor: Annotated[str, Header(max_length=200)] = "admin-api",
     ) -> Experiment:
         if body.state not in ("draft", "running"):
-            raise InvalidRequest(
+            raise Unprocessable(
                 f"state: an experiment is created as draft or running, not {body.state}",
                 param="state",
             )
