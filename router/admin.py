@@ -18,6 +18,7 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Response
 from pydantic import BaseModel, Field
 from redis.exceptions import RedisError
 
+from analysis.types import ExperimentSnapshot
 from router.errors import (
     ConfigError,
     Conflict,
@@ -31,6 +32,7 @@ from router.errors import (
 from router.experiments import LIVE_STATES, Experiment
 from router.gateway import Gateway
 from router.lifecycle import Action, ActionRequest, ExperimentPatch, patch, transition
+from router.readmodel import read_snapshot
 from router.store import AUDIT_KEY, AuditEntry
 
 logger = logging.getLogger(__name__)
@@ -311,6 +313,19 @@ def build_admin_router(gateway: Gateway) -> APIRouter:
     actions: tuple[Action, ...] = ("start", "pause", "resume", "promote", "rollback", "advance")
     for action in actions:
         action_route(action)
+
+    @router.get("/experiments/{name}/snapshot", response_model=ExperimentSnapshot)
+    async def snapshot(
+        name: ExperimentName, minutes: Annotated[int, Query(ge=0, le=10080)] = 0
+    ) -> ExperimentSnapshot:
+        """The experiment's aggregates as the analysis reads them."""
+        exp = gateway.table.experiments.get(name)
+        if exp is None:
+            raise NotFound(f"no experiment named {name!r}")
+        try:
+            return await read_snapshot(gateway.redis, exp, minutes=minutes)
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis is unreachable ({exc})") from exc
 
     @router.get("/audit", response_model=AuditList)
     async def audit(

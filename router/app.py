@@ -20,6 +20,7 @@ from starlette.routing import Match
 
 from router.admin import build_admin_router
 from router.errors import GatewayError
+from router.feedback import build_feedback_router
 from router.gateway import Gateway
 from router.http import Receive, Scope, Send, error_body
 from router.proxy import Proxy, new_request_id
@@ -132,4 +133,5 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         return {"object": "list", "data": await gateway.models()}
 
     api.include_router(build_admin_router(gateway))
+    api.include_router(build_feedback_router(gateway))
     return GatewayApp(gateway, api)

@@ -3,11 +3,14 @@
 The request path appends an `Event` to an in-memory buffer (O(1), no I/O). A single task drains
 it in batches and runs one Lua script per batch, which for each event atomically
 
-- sets the request index ``abgate:req:<request_id>`` with the feedback window as TTL, **only if
-  it does not exist yet** (so a batch retried after a lost reply is never counted twice),
+- sets the request index ``abgate:req:<request_id>`` (``<a>|<experiment>|<unit>``, `a` the
+  arm's initial) with the feedback window as TTL, **only if it does not exist yet** (so a batch
+  retried after a lost reply is never counted twice),
 - appends the event to the experiment's capped stream ``abgate:{<exp>}:events``,
 - adds it to the per-arm aggregates ``abgate:{<exp>}:arm:<arm>`` and to the per-minute counters
-  ``abgate:{<exp>}:minute:<arm>:<epoch-minute>`` (expiring after the retention).
+  ``abgate:{<exp>}:minute:<arm>:<epoch-minute>`` (expiring after the retention),
+- updates the unit's totals and the unit-level sums (router/lua.py), and
+- detects an implicit `regenerated` signal (the unit repeating its last prompt in the window).
 
 Keys of one experiment share the hash tag ``{<exp>}`` (see docs/redis.md).
 
@@ -21,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections import deque
 from dataclasses import dataclass
 
@@ -29,56 +31,10 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from router.lua import RECORD_EVENTS
 from router.metrics import GatewayMetrics
 
 logger = logging.getLogger(__name__)
-
-# KEYS: none (keys derive from each event; see docs/redis.md)
-# ARGV: ttl, stream maxlen, minute retention, then one JSON event per argument.
-RECORD_EVENTS_LUA = """
-local ttl = tonumber(ARGV[1])
-local maxlen = ARGV[2]
-local keep = tonumber(ARGV[3])
-local written = 0
-for i = 4, #ARGV do
-  local e = cjson.decode(ARGV[i])
-  local tag = 'abgate:{' .. e.experiment .. '}:'
-  local index = cjson.encode({experiment = e.experiment, arm = e.arm, unit = e.unit,
-                              route = e.route, ts = e.ts})
-  if redis.call('SET', 'abgate:req:' .. e.request_id, index, 'NX', 'EX', ttl) then
-    written = written + 1
-    redis.call('XADD', tag .. 'events', 'MAXLEN', '~', maxlen, '*',
-      'request_id', e.request_id, 'ts', e.ts, 'route', e.route, 'arm', e.arm,
-      'unit', e.unit, 'model', e.model, 'status', e.status, 'error', e.error,
-      'stream', e.stream, 'latency_ms', e.latency_ms, 'ttft_ms', e.ttft_ms,
-      'prompt_tokens', e.prompt_tokens, 'completion_tokens', e.completion_tokens,
-      'cost_usd', e.cost_usd)
-    local agg = tag .. 'arm:' .. e.arm
-    local is_error = 0
-    if e.error ~= '' then is_error = 1 end
-    redis.call('HINCRBY', agg, 'requests', 1)
-    redis.call('HINCRBY', agg, 'errors', is_error)
-    redis.call('HINCRBY', agg, 'status_' .. string.sub(tostring(e.status), 1, 1) .. 'xx', 1)
-    redis.call('HINCRBYFLOAT', agg, 'latency_ms_sum', e.latency_ms)
-    redis.call('HINCRBYFLOAT', agg, 'latency_ms_sq_sum', e.latency_ms * e.latency_ms)
-    if e.ttft_ms >= 0 then
-      redis.call('HINCRBY', agg, 'ttft_count', 1)
-      redis.call('HINCRBYFLOAT', agg, 'ttft_ms_sum', e.ttft_ms)
-      redis.call('HINCRBYFLOAT', agg, 'ttft_ms_sq_sum', e.ttft_ms * e.ttft_ms)
-    end
-    redis.call('HINCRBY', agg, 'prompt_tokens', e.prompt_tokens)
-    redis.call('HINCRBY', agg, 'completion_tokens', e.completion_tokens)
-    redis.call('HINCRBYFLOAT', agg, 'cost_usd', e.cost_usd)
-    local minute = tag .. 'minute:' .. e.arm .. ':' .. math.floor(e.ts / 60)
-    redis.call('HINCRBY', minute, 'requests', 1)
-    redis.call('HINCRBY', minute, 'errors', is_error)
-    redis.call('HINCRBYFLOAT', minute, 'latency_ms_sum', e.latency_ms)
-    redis.call('HINCRBY', minute, 'completion_tokens', e.completion_tokens)
-    redis.call('EXPIRE', minute, keep)
-  end
-end
-return written
-"""
 
 
 @dataclass(slots=True)
@@ -100,6 +56,9 @@ class Event:
     prompt_tokens: int
     completion_tokens: int
     cost_usd: float
+    ttl: int  # request index TTL: the experiment's feedback window
+    regen: float = 0.0  # regeneration window in seconds; 0: detection off
+    fp: str = ""  # fingerprint of the normalised last user message
 
     def to_json(self) -> bytes:
         return orjson.dumps(
@@ -119,6 +78,9 @@ class Event:
                 "prompt_tokens": self.prompt_tokens,
                 "completion_tokens": self.completion_tokens,
                 "cost_usd": self.cost_usd,
+                "ttl": self.ttl,
+                "regen": self.regen,
+                "fp": self.fp,
             }
         )
 
@@ -133,7 +95,6 @@ class EventWriter:
         *,
         capacity: int,
         batch: int,
-        ttl_seconds: int,
         stream_maxlen: int,
         minute_retention_seconds: int,
     ) -> None:
@@ -141,12 +102,14 @@ class EventWriter:
         self._metrics = metrics
         self._capacity = capacity
         self._batch = batch
-        self._args = (ttl_seconds, stream_maxlen, minute_retention_seconds)
+        self._args = (stream_maxlen, minute_retention_seconds)
         self._buffer: deque[Event] = deque()
+        self.pending: dict[str, Event] = {}  # request id -> event not yet in Redis
+        self.flushed = asyncio.Event()  # pulsed after every written batch
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
-        self._script = redis.register_script(RECORD_EVENTS_LUA)
+        self._script = redis.register_script(RECORD_EVENTS)
         self._redis_ok = True
 
     @property
@@ -164,6 +127,7 @@ class EventWriter:
             self._metrics.events_dropped.labels("buffer_full").inc()
             return
         self._buffer.append(event)
+        self.pending[event.request_id] = event
         if not self._wakeup.is_set():
             self._wakeup.set()
 
@@ -185,6 +149,7 @@ class EventWriter:
             logger.warning("dropping %d events at shutdown: Redis unreachable", len(self._buffer))
             self._metrics.events_dropped.labels("shutdown").inc(len(self._buffer))
             self._buffer.clear()
+            self.pending.clear()
         self._metrics.event_queue_depth.set(0)
 
     async def _run(self) -> None:
@@ -220,9 +185,7 @@ class EventWriter:
                 self._redis_ok = True
                 backoff = 0.05
             for _ in range(n):
-                self._buffer.popleft()
+                self.pending.pop(self._buffer.popleft().request_id, None)
             self._metrics.event_queue_depth.set(len(self._buffer))
-
-
-def now() -> float:
-    return time.time()
+            self.flushed.set()
+            self.flushed.clear()

@@ -17,11 +17,14 @@ from urllib.parse import urlsplit
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from analysis.types import BUILTIN_SIGNALS
+
 Arm = Literal["control", "treatment"]
 State = Literal["draft", "running", "paused", "promoted", "rolled_back"]
 MissingUnitPolicy = Literal["control", "random", "reject"]
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_SIGNAL_RE = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 
 
 def _check_base_url(value: object) -> object:
@@ -87,6 +90,17 @@ class Experiment(BaseModel):
     missing_unit_policy: MissingUnitPolicy = "control"
     overrides: dict[str, Arm] = Field(default_factory=dict)
     description: str = ""
+    signals: list[str] = Field(
+        default_factory=list,
+        description="Custom feedback signals accepted besides the built-in ones",
+    )
+    detect_regenerations: bool = Field(
+        default=True, description="Count a repeated prompt of the same unit as `regenerated`"
+    )
+    regeneration_window_seconds: float = Field(default=120.0, gt=0, le=86400)
+    feedback_window_seconds: int | None = Field(
+        default=None, gt=0, le=90 * 86400, description="Default: ABGATE_FEEDBACK_WINDOW_SECONDS"
+    )
     ramp_steps: list[float] = Field(
         default_factory=lambda: [5.0, 10.0, 25.0, 50.0, 100.0],
         min_length=1,
@@ -96,6 +110,20 @@ class Experiment(BaseModel):
     version: int = Field(default=0, ge=0, description="Bumped on every change (ETag)")
     state_reason: str = Field(default="", description="Why the last state change happened")
     updated_at: float = Field(default=0.0, ge=0)
+
+    @field_validator("signals")
+    @classmethod
+    def _v_signals(cls, v: list[str]) -> list[str]:
+        for s in v:
+            if not _SIGNAL_RE.match(s):
+                raise ValueError(
+                    f"signal names are 1-40 lowercase letters, digits or '_', got {s!r}"
+                )
+            if s in BUILTIN_SIGNALS:
+                raise ValueError(f"{s!r} is a built-in signal; list only custom ones")
+        if len(set(v)) != len(v):
+            raise ValueError("signals are listed twice")
+        return v
 
     @field_validator("ramp_steps")
     @classmethod
@@ -226,6 +254,9 @@ class CompiledExperiment:
     overrides: dict[str, Arm]
     control: CompiledArm
     treatment: CompiledArm
+    ttl: int  # request index TTL (feedback window)
+    regen: float  # regeneration window; 0 when detection is off
+    signals: frozenset[str]
 
     def arm(self, arm: Arm) -> CompiledArm:
         return self.treatment if arm == "treatment" else self.control
@@ -255,6 +286,7 @@ def compile_table(
     experiments: list[Experiment],
     default_upstream: DefaultUpstream | None,
     default_unit_headers: list[str],
+    default_feedback_window: int = 7 * 86400,
 ) -> RoutingTable:
     """Build the routing table. Final experiments (promoted, rolled back) keep their route
     unless a live experiment on the same route replaces them."""
@@ -274,6 +306,9 @@ def compile_table(
             overrides=dict(exp.overrides) if exp.state in ("running", "paused") else {},
             control=_compile_arm("control", exp.control),
             treatment=_compile_arm("treatment", exp.treatment),
+            ttl=exp.feedback_window_seconds or default_feedback_window,
+            regen=exp.regeneration_window_seconds if exp.detect_regenerations else 0.0,
+            signals=frozenset(BUILTIN_SIGNALS) | frozenset(exp.signals),
         )
     return RoutingTable(
         version=version,

@@ -24,6 +24,7 @@ from router.errors import ConfigError
 from router.events import EventWriter
 from router.experiments import ConfigFile, RoutingTable, compile_table
 from router.metrics import GatewayMetrics
+from router.readmodel import unit_counts
 from router.settings import Settings
 from router.store import CHANNEL, ConfigDoc, ConfigStore
 from serving.errors import UpstreamError
@@ -84,7 +85,6 @@ class Gateway:
             self.metrics,
             capacity=settings.event_buffer,
             batch=settings.event_batch,
-            ttl_seconds=settings.feedback_window_seconds,
             stream_maxlen=settings.event_stream_maxlen,
             minute_retention_seconds=settings.minute_retention_seconds,
         )
@@ -125,6 +125,7 @@ class Gateway:
             list(doc.experiments.values()),
             self.file_config.default_upstream,
             self.settings.unit_id_headers,
+            self.settings.feedback_window_seconds,
         )
         for exp in table.routes.values():  # create the pooled clients now, not per request
             self.pool.get(exp.control.target.base_url)
@@ -163,6 +164,7 @@ class Gateway:
                 while True:
                     await pubsub.get_message(ignore_subscribe_messages=True, timeout=poll)
                     await self.refresh()
+                    await self._update_unit_gauges()
             except RedisError as exc:
                 self.metrics.redis_errors.labels("config").inc()
                 logger.debug("config watch: %s", exc)
@@ -180,6 +182,13 @@ class Gateway:
             finally:
                 with contextlib.suppress(RedisError, OSError, RuntimeError):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _update_unit_gauges(self) -> None:
+        exps = {e.experiment.name: e.experiment.route for e in self.table.routes.values()}
+        if not exps:
+            return
+        for (name, arm), n in (await unit_counts(self.redis, list(exps))).items():
+            self.metrics.units.labels(exps[name], name, arm).set(n)
 
     # -- model list --------------------------------------------------------------------------
 

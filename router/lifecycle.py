@@ -57,6 +57,10 @@ class ExperimentPatch(BaseModel):
     unit_id_headers: list[str] | None = Field(default=None, min_length=1)
     use_body_user: bool | None = None
     missing_unit_policy: MissingUnitPolicy | None = None
+    signals: list[str] | None = None
+    detect_regenerations: bool | None = None
+    regeneration_window_seconds: float | None = Field(default=None, gt=0, le=86400)
+    feedback_window_seconds: int | None = Field(default=None, gt=0, le=90 * 86400)
     reason: str = Field(default="", max_length=1000, description="Recorded in the audit log")
 
 

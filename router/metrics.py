@@ -108,6 +108,18 @@ class GatewayMetrics:
             ["route", "experiment"],
             registry=registry,
         )
+        self.feedback = Counter(
+            "abgate_feedback_total",
+            "Feedback signals recorded (duplicates not counted), by signal.",
+            [*_ARM_LABELS, "signal"],
+            registry=registry,
+        )
+        self.units = Gauge(
+            "abgate_experiment_units",
+            "Distinct randomisation units (users or tenants) seen per arm.",
+            _ARM_LABELS,
+            registry=registry,
+        )
         self.errors = Counter(
             "abgate_errors_total",
             "Unexpected errors caught at the top of a request or a background loop.",

@@ -10,8 +10,10 @@ event to the background writer. It never awaits Redis.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -74,6 +76,7 @@ class _Plan:
     route: str
     model: str
     api_key: str | None
+    fingerprint: str = ""
 
 
 @dataclass(slots=True)
@@ -176,9 +179,10 @@ class Proxy:
                 connect=target.connect_timeout or base.connect,
                 read=target.read_timeout or base.read,
             )
+        fingerprint = prompt_fingerprint(data) if exp.regen and unit else ""
         return _Plan(
             body, stream, client_wants_usage, gw.pool.get(target.base_url), timeouts, exp, arm,
-            unit or "", exp.experiment.route, target.model, target.api_key,
+            unit or "", exp.experiment.route, target.model, target.api_key, fingerprint,
         )  # fmt: skip
 
     async def _forward(
@@ -334,8 +338,34 @@ class Proxy:
                 prompt_tokens=out.prompt_tokens,
                 completion_tokens=out.completion_tokens,
                 cost_usd=cost,
+                ttl=plan.exp.ttl,
+                regen=plan.exp.regen,
+                fp=plan.fingerprint,
             )
         )
+
+
+_PUNCT = re.compile(r"[\W_]+", re.UNICODE)
+
+
+def prompt_fingerprint(data: dict[str, Any]) -> str:
+    """Fingerprint of the last user message (chat) or the prompt (completions), normalised
+    (case, whitespace and punctuation folded) so that a re-sent prompt matches."""
+    text: object = None
+    messages = data.get("messages")
+    if isinstance(messages, list):
+        for message in reversed(messages):
+            if isinstance(message, dict) and message.get("role") == "user":
+                text = message.get("content")
+                break
+    else:
+        text = data.get("prompt")
+    if isinstance(text, list):  # content parts, or a list of prompts
+        text = " ".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in text)
+    if not isinstance(text, str) or not text:
+        return ""
+    normalised = " ".join(_PUNCT.sub(" ", text.casefold()).split())
+    return hashlib.blake2b(normalised.encode(), digest_size=8).hexdigest()
 
 
 def _status_class(status: int, error: str) -> str:

@@ -28,6 +28,7 @@ class Settings(BaseSettings):
     port: int = Field(default=8080, ge=1, le=65535)
 
     max_body_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+    max_feedback_bytes: int = Field(default=1024 * 1024, gt=0)
     unit_id_headers: list[str] = Field(default_factory=lambda: ["x-user-id", "x-tenant-id"])
 
     # Event writer (per request: stream entry, request index, aggregates).

@@ -71,8 +71,10 @@ ROUTES = [
     ("GET", "/experiments/seeded"),
     ("PATCH", "/experiments/seeded"),
     ("DELETE", "/experiments/seeded"),
-    *[("POST", f"/experiments/seeded/{a}") for a in
-      ("start", "rollback", "pause", "resume", "promote", "advance")],  # fmt: skip
+    *[
+        ("POST", f"/experiments/seeded/{a}")
+        for a in ("start", "rollback", "pause", "resume", "promote", "advance")
+    ],
     ("GET", "/audit"),
 ]
 
@@ -97,8 +99,14 @@ def test_validation_errors_name_the_field(replicas: list[Proc], emu: Proc) -> No
     gw = replicas[0]
     cases = [
         ({**new_exp(emu, "v1", "v-route", 150)}, 422, "treatment_percent"),
-        ({**new_exp(emu, "v2", "v-route", 5), "control": {"base_url": "vllm:8000", "model": "m"}},
-         422, "base_url"),  # fmt: skip
+        (
+            {
+                **new_exp(emu, "v2", "v-route", 5),
+                "control": {"base_url": "vllm:8000", "model": "m"},
+            },
+            422,
+            "base_url",
+        ),
         ({**new_exp(emu, "v3", "v-route", 5), "overrides": {"u1": "canary"}}, 422, "overrides"),
         ({**new_exp(emu, "v4", "v-route", 5), "state": "promoted"}, 422, "state"),
         ({**new_exp(emu, "seeded", "other-route", 5)}, 409, "already exists"),
@@ -108,7 +116,9 @@ def test_validation_errors_name_the_field(replicas: list[Proc], emu: Proc) -> No
         resp = admin(gw, "POST", "/experiments", json=body)
         assert resp.status_code == status, (body, resp.text)
         assert needle in resp.json()["error"]["message"]
-    names = {s["experiment"]["name"] for s in admin(gw, "GET", "/experiments").json()["experiments"]}
+    names = {
+        s["experiment"]["name"] for s in admin(gw, "GET", "/experiments").json()["experiments"]
+    }
     assert not names & {"v1", "v2", "v3", "v4", "v5"}
 
 
@@ -158,9 +168,10 @@ def test_lifecycle_transitions_and_audit(replicas: list[Proc], emu: Proc) -> Non
     deleted = admin(gw, "DELETE", "/experiments/life")
     assert deleted.status_code == 200 and deleted.json() == {"deleted": "life"}
     assert admin(gw, "GET", "/experiments/life").status_code == 404
-    assert admin(gw, "GET", "/audit", params={"experiment": "life"}).json()["entries"][0][
-        "action"
-    ] == "delete"
+    assert (
+        admin(gw, "GET", "/audit", params={"experiment": "life"}).json()["entries"][0]["action"]
+        == "delete"
+    )
 
 
 def test_stale_if_match_is_refused(replicas: list[Proc], emu: Proc) -> None:
@@ -186,14 +197,18 @@ def test_changes_reach_every_replica(
     a, b, c = replicas
     users = [f"prop-{i}" for i in range(60)]
     assert admin(a, "POST", "/experiments", json=new_exp(emu, "prop", "prop-route", 10)).is_success
-    wait_until(lambda: all(arm(r, "prop-route", "probe") in ("control", "treatment") for r in (b, c)))
+    wait_until(
+        lambda: all(arm(r, "prop-route", "probe") in ("control", "treatment") for r in (b, c))
+    )
     at10 = {u: arm(a, "prop-route", u) for u in users}
     for r in (b, c):
         assert {u: arm(r, "prop-route", u) for u in users} == at10
 
     assert admin(b, "PATCH", "/experiments/prop", json={"treatment_percent": 60}).is_success
     at60 = {u: arm(c, "prop-route", u) for u in users}
-    assert sum(v == "treatment" for v in at60.values()) > sum(v == "treatment" for v in at10.values())
+    assert sum(v == "treatment" for v in at60.values()) > sum(
+        v == "treatment" for v in at10.values()
+    )
     assert all(at60[u] == "treatment" for u in users if at10[u] == "treatment")
     for r in (a, b):
         assert {u: arm(r, "prop-route", u) for u in users} == at60
@@ -307,12 +322,25 @@ def test_schemathesis_finds_no_server_error_or_schema_violation(
     gw = replicas[2]
     out = subprocess.run(
         [
-            str(Path(__import__("sys").executable).parent / "st"), "run",
-            gw.url + "/openapi.json", "-H", f"Authorization: Bearer {TOKEN}",
-            "--include-path-regex", "^/admin", "--checks", "all",
-            "--exclude-checks", "positive_data_acceptance", "-n", "25", "--seed", "11",
-            "--report-dir", str(tmp_path), "--no-color",
-        ],  # fmt: skip
+            str(Path(__import__("sys").executable).parent / "st"),
+            "run",
+            gw.url + "/openapi.json",
+            "-H",
+            f"Authorization: Bearer {TOKEN}",
+            "--include-path-regex",
+            "^/admin",
+            "--checks",
+            "all",
+            "--exclude-checks",
+            "positive_data_acceptance",
+            "-n",
+            "25",
+            "--seed",
+            "11",
+            "--report-dir",
+            str(tmp_path),
+            "--no-color",
+        ],
         capture_output=True,
         text=True,
         timeout=300,

@@ -26,14 +26,21 @@ def gw(
         yield proc
 
 
-def abgate(*args: str, url: str | None = None, token: str | None = TOKEN, **env: str) -> subprocess.CompletedProcess[str]:
+def abgate(
+    *args: str, url: str | None = None, token: str | None = TOKEN, **env: str
+) -> subprocess.CompletedProcess[str]:
     argv = [sys.executable, "-m", "router", *args]
     if url is not None:
         argv += ["--url", url]
     if token is not None:
         argv += ["--token", token]
     return subprocess.run(
-        argv, env=base_env(COLUMNS="200", **env), cwd=ROOT, capture_output=True, text=True, timeout=60
+        argv,
+        env=base_env(COLUMNS="200", **env),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
@@ -87,7 +94,12 @@ def test_promote_from_the_cli(gw: Proc, emu: Proc, tmp_path: Path) -> None:
     ],
 )
 def test_failures_exit_non_zero_with_one_line(
-    gw: Proc, emu: Proc, tmp_path: Path, args: tuple[str, ...], kw: dict[str, str], code: int,
+    gw: Proc,
+    emu: Proc,
+    tmp_path: Path,
+    args: tuple[str, ...],
+    kw: dict[str, str],
+    code: int,
     needle: str,
 ) -> None:
     spec = tmp_path / "f.json"

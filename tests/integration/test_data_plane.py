@@ -86,10 +86,10 @@ def test_one_event_per_request_and_aggregates_equal_event_sums(gw: Proc, r: redi
     events = [fields for _, fields in r.xrange("abgate:{events}:events")]
     assert len(events) == 40
     assert {e["request_id"] for e in events} == ids
-    for rid in ids:
-        index = r.get(f"abgate:req:{rid}")
-        assert index is not None and '"experiment":"events"' in index
-        assert 0 < r.ttl(f"abgate:req:{rid}") <= 7 * 86400
+    for e in events:
+        index = r.get(f"abgate:req:{e['request_id']}")
+        assert index == f"{e['arm'][0]}|events|{e['unit']}"
+        assert 0 < r.ttl(f"abgate:req:{e['request_id']}") <= 7 * 86400
     for arm in ("control", "treatment"):
         mine = [e for e in events if e["arm"] == arm]
         agg = r.hgetall(f"abgate:{{events}}:arm:{arm}")

@@ -1,0 +1,119 @@
+"""The typed aggregate snapshot the analysis reads. A leaf module: no project imports.
+
+The gateway's read model (router/readmodel.py) builds an `ExperimentSnapshot` from a few Redis
+keys; the statistics consume it unchanged. Unit-level sums are over randomisation units (users
+or tenants) so that variances are computed at the level of randomisation:
+
+for each per-unit total ``y_i`` of a field, ``s1[y] = Σ y_i`` and ``s2[y] = Σ y_i²``, and for
+each (numerator, denominator) pair of a ratio metric ``cross[(y, n)] = Σ y_i n_i``. With
+``units`` the number of units, the delta-method variance of ``Σy/Σn`` is O(1) to compute.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+BUILTIN_SIGNALS = ("thumbs_up", "thumbs_down", "escalation", "resolved", "regenerated")
+
+# Per-unit fields and what they count.
+REQUESTS = "requests"  # requests of the unit
+ERRORS = "errors"  # failed requests (upstream errors attributable to the arm)
+LATENCY_MS = "latency_ms"  # summed latency
+TTFT_MS = "ttft_ms"  # summed time to first token (streaming requests)
+TTFT_N = "ttft_n"  # streaming requests with a TTFT
+PROMPT_TOKENS = "prompt_tokens"
+COMPLETION_TOKENS = "completion_tokens"
+COST_USD = "cost_usd"
+VOTES = "votes"  # thumbs_up + thumbs_down
+
+
+def signal_count(signal: str) -> str:
+    """Per-unit field counting a feedback signal (distinct requests that got it)."""
+    return f"fb:{signal}"
+
+
+def signal_value(signal: str) -> str:
+    """Per-unit field summing a feedback signal's values."""
+    return f"fv:{signal}"
+
+
+class UnitSums(BaseModel):
+    """Sums over the units of one arm (see the module docstring)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    units: int = 0
+    s1: dict[str, float] = Field(default_factory=dict)
+    s2: dict[str, float] = Field(default_factory=dict)
+    cross: dict[str, float] = Field(
+        default_factory=dict, description="key 'numerator|denominator' -> Σ y_i n_i"
+    )
+
+    def total(self, field: str) -> float:
+        return self.s1.get(field, 0.0)
+
+    def sq(self, field: str) -> float:
+        return self.s2.get(field, 0.0)
+
+    def xy(self, numerator: str, denominator: str) -> float:
+        if numerator == denominator:
+            return self.sq(numerator)
+        return self.cross.get(f"{numerator}|{denominator}", 0.0)
+
+
+class ArmTotals(BaseModel):
+    """Request-level totals of one arm (every request, with or without a unit id)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    requests: int = 0
+    errors: int = 0
+    status_2xx: int = 0
+    status_4xx: int = 0
+    status_5xx: int = 0
+    latency_ms_sum: float = 0.0
+    latency_ms_sq_sum: float = 0.0
+    ttft_count: int = 0
+    ttft_ms_sum: float = 0.0
+    ttft_ms_sq_sum: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    feedback: int = 0
+    signal_counts: dict[str, int] = Field(default_factory=dict)
+    signal_value_sums: dict[str, float] = Field(default_factory=dict)
+
+
+class MinutePoint(BaseModel):
+    """Counters of one arm in one minute (for charts)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    minute: int = Field(description="Unix time // 60")
+    requests: int = 0
+    errors: int = 0
+    latency_ms_sum: float = 0.0
+    completion_tokens: int = 0
+    feedback: int = 0
+
+
+class ArmSnapshot(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    totals: ArmTotals = Field(default_factory=ArmTotals)
+    units: UnitSums = Field(default_factory=UnitSums)
+    minutes: list[MinutePoint] = Field(default_factory=list)
+
+
+class ExperimentSnapshot(BaseModel):
+    """Everything the statistics need about one experiment, read at one moment."""
+
+    model_config = ConfigDict(frozen=True)
+
+    experiment: str
+    route: str
+    treatment_percent: float
+    taken_at: float
+    control: ArmSnapshot = Field(default_factory=ArmSnapshot)
+    treatment: ArmSnapshot = Field(default_factory=ArmSnapshot)
+    signals: tuple[str, ...] = BUILTIN_SIGNALS

@@ -1,0 +1,149 @@
+"""Redis Lua scripts for the aggregates (docs/redis.md). Each runs atomically.
+
+`UNIT_UPDATE` and `RECORD_FEEDBACK` are shared functions, prepended to the scripts that use
+them. Per-unit totals live in ``abgate:{<exp>}:unit:<arm>:<unit>``; the sums over units in
+``abgate:{<exp>}:units:<arm>``: ``n`` (distinct units), ``s1:<field>`` (Σ y), ``s2:<field>``
+(Σ y²) and ``x:<num>|<den>`` (Σ y·n) for every pair of a ratio metric. They change by the
+difference of each unit's old and new totals, so reading them is O(1) whatever the traffic.
+Requests without a unit id count in the per-arm totals but not in the unit-level sums.
+"""
+
+from __future__ import annotations
+
+UNIT_UPDATE = """
+local DENOMINATORS = {requests = true, ttft_n = true, votes = true}
+local EXTRA_PAIRS = {{'ttft_ms', 'ttft_n'}, {'fb:thumbs_up', 'votes'}, {'fb:thumbs_down', 'votes'}}
+
+local function unit_update(tag, arm, unit, deltas)
+  if unit == '' then return end
+  local ukey = tag .. 'unit:' .. arm .. ':' .. unit
+  local skey = tag .. 'units:' .. arm
+  local flat = redis.call('HGETALL', ukey)
+  if #flat == 0 then redis.call('HINCRBY', skey, 'n', 1) end
+  local old, new = {}, {}
+  for i = 1, #flat, 2 do
+    local v = tonumber(flat[i + 1])
+    old[flat[i]] = v
+    new[flat[i]] = v
+  end
+  for f, d in pairs(deltas) do
+    if d ~= 0 then
+      local o = old[f] or 0
+      old[f] = o
+      new[f] = o + d
+      redis.call('HINCRBYFLOAT', ukey, f, d)
+      redis.call('HINCRBYFLOAT', skey, 's1:' .. f, d)
+      redis.call('HINCRBYFLOAT', skey, 's2:' .. f, new[f] * new[f] - o * o)
+    end
+  end
+  local function pair(num, den)
+    local dn, dd = deltas[num] or 0, deltas[den] or 0
+    if dn == 0 and dd == 0 then return end
+    local before = (old[num] or 0) * (old[den] or 0)
+    local after = (new[num] or 0) * (new[den] or 0)
+    if after ~= before then
+      redis.call('HINCRBYFLOAT', skey, 'x:' .. num .. '|' .. den, after - before)
+    end
+  end
+  for f, _ in pairs(new) do
+    if f ~= 'requests' then pair(f, 'requests') end
+  end
+  for _, p in ipairs(EXTRA_PAIRS) do pair(p[1], p[2]) end
+end
+"""
+
+RECORD_FEEDBACK = """
+local function record_feedback(tag, rid, arm, unit, signal, value, ttl, minute, keep)
+  local dkey = tag .. 'fb:' .. rid
+  if redis.call('SADD', dkey, signal) == 0 then return 0 end
+  redis.call('EXPIRE', dkey, ttl)
+  local agg = tag .. 'arm:' .. arm
+  redis.call('HINCRBY', agg, 'feedback', 1)
+  redis.call('HINCRBY', agg, 'fb:' .. signal, 1)
+  redis.call('HINCRBYFLOAT', agg, 'fv:' .. signal, value)
+  local mkey = tag .. 'minute:' .. arm .. ':' .. minute
+  redis.call('HINCRBY', mkey, 'feedback', 1)
+  redis.call('EXPIRE', mkey, keep)
+  local deltas = {['fb:' .. signal] = 1, ['fv:' .. signal] = value}
+  if signal == 'thumbs_up' or signal == 'thumbs_down' then deltas['votes'] = 1 end
+  unit_update(tag, arm, unit, deltas)
+  return 1
+end
+"""
+
+# ARGV: stream maxlen, minute retention, then one JSON event per argument (router/events.py).
+RECORD_EVENTS = (
+    UNIT_UPDATE
+    + RECORD_FEEDBACK
+    + """
+local maxlen = ARGV[1]
+local keep = tonumber(ARGV[2])
+local written = 0
+for i = 3, #ARGV do
+  local e = cjson.decode(ARGV[i])
+  local tag = 'abgate:{' .. e.experiment .. '}:'
+  local index = string.sub(e.arm, 1, 1) .. '|' .. e.experiment .. '|' .. e.unit
+  if redis.call('SET', 'abgate:req:' .. e.request_id, index, 'NX', 'EX', e.ttl) then
+    written = written + 1
+    redis.call('XADD', tag .. 'events', 'MAXLEN', '~', maxlen, '*',
+      'request_id', e.request_id, 'ts', e.ts, 'route', e.route, 'arm', e.arm,
+      'unit', e.unit, 'model', e.model, 'status', e.status, 'error', e.error,
+      'stream', e.stream, 'latency_ms', e.latency_ms, 'ttft_ms', e.ttft_ms,
+      'prompt_tokens', e.prompt_tokens, 'completion_tokens', e.completion_tokens,
+      'cost_usd', e.cost_usd)
+    local agg = tag .. 'arm:' .. e.arm
+    local is_error = 0
+    if e.error ~= '' then is_error = 1 end
+    redis.call('HINCRBY', agg, 'requests', 1)
+    redis.call('HINCRBY', agg, 'errors', is_error)
+    redis.call('HINCRBY', agg, 'status_' .. string.sub(tostring(e.status), 1, 1) .. 'xx', 1)
+    redis.call('HINCRBYFLOAT', agg, 'latency_ms_sum', e.latency_ms)
+    redis.call('HINCRBYFLOAT', agg, 'latency_ms_sq_sum', e.latency_ms * e.latency_ms)
+    local deltas = {requests = 1, errors = is_error, latency_ms = e.latency_ms,
+                    prompt_tokens = e.prompt_tokens, completion_tokens = e.completion_tokens,
+                    cost_usd = e.cost_usd}
+    if e.ttft_ms >= 0 then
+      redis.call('HINCRBY', agg, 'ttft_count', 1)
+      redis.call('HINCRBYFLOAT', agg, 'ttft_ms_sum', e.ttft_ms)
+      redis.call('HINCRBYFLOAT', agg, 'ttft_ms_sq_sum', e.ttft_ms * e.ttft_ms)
+      deltas['ttft_ms'] = e.ttft_ms
+      deltas['ttft_n'] = 1
+    end
+    redis.call('HINCRBY', agg, 'prompt_tokens', e.prompt_tokens)
+    redis.call('HINCRBY', agg, 'completion_tokens', e.completion_tokens)
+    redis.call('HINCRBYFLOAT', agg, 'cost_usd', e.cost_usd)
+    local minute = math.floor(e.ts / 60)
+    local mkey = tag .. 'minute:' .. e.arm .. ':' .. minute
+    redis.call('HINCRBY', mkey, 'requests', 1)
+    redis.call('HINCRBY', mkey, 'errors', is_error)
+    redis.call('HINCRBYFLOAT', mkey, 'latency_ms_sum', e.latency_ms)
+    redis.call('HINCRBY', mkey, 'completion_tokens', e.completion_tokens)
+    redis.call('EXPIRE', mkey, keep)
+    unit_update(tag, e.arm, e.unit, deltas)
+    -- implicit `regenerated`: the same unit repeats its last prompt within the window
+    if e.regen > 0 and e.unit ~= '' and e.fp ~= '' then
+      local lkey = tag .. 'last:' .. e.unit
+      local prev = redis.call('HMGET', lkey, 'fp', 'rid', 'ts', 'arm')
+      if prev[1] == e.fp and prev[2] ~= e.request_id
+         and e.ts - tonumber(prev[3]) <= e.regen then
+        record_feedback(tag, prev[2], prev[4], e.unit, 'regenerated', 1, e.ttl, minute, keep)
+      end
+      redis.call('HSET', lkey, 'fp', e.fp, 'rid', e.request_id, 'ts', e.ts, 'arm', e.arm)
+      redis.call('EXPIRE', lkey, math.ceil(e.regen))
+    end
+  end
+end
+return written
+"""
+)
+
+# ARGV: experiment, request id, arm, unit, signal, value, ttl, minute, minute retention.
+FEEDBACK = (
+    UNIT_UPDATE
+    + RECORD_FEEDBACK
+    + """
+local tag = 'abgate:{' .. ARGV[1] .. '}:'
+return record_feedback(tag, ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6]),
+                       tonumber(ARGV[7]), ARGV[8], tonumber(ARGV[9]))
+"""
+)

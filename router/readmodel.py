@@ -1,0 +1,117 @@
+"""The read model: an experiment's aggregates from Redis as a typed `ExperimentSnapshot`.
+
+A handful of HGETALLs (per arm: totals, unit-level sums, optionally the per-minute counters),
+independent of how much traffic there was. The analysis consumes the snapshot unchanged.
+"""
+
+from __future__ import annotations
+
+import time
+
+import redis.asyncio as aioredis
+
+from analysis.types import (
+    BUILTIN_SIGNALS,
+    ArmSnapshot,
+    ArmTotals,
+    ExperimentSnapshot,
+    MinutePoint,
+    UnitSums,
+)
+from router.experiments import Experiment
+
+ARMS = ("control", "treatment")
+_INT_TOTALS = ("requests", "errors", "status_2xx", "status_4xx", "status_5xx", "ttft_count",
+               "prompt_tokens", "completion_tokens", "feedback")  # fmt: skip
+_FLOAT_TOTALS = ("latency_ms_sum", "latency_ms_sq_sum", "ttft_ms_sum", "ttft_ms_sq_sum",
+                 "cost_usd")  # fmt: skip
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _totals(raw: dict[bytes | str, bytes | str]) -> ArmTotals:
+    data = {_text(k): _text(v) for k, v in raw.items()}
+    counts = {k[3:]: int(float(v)) for k, v in data.items() if k.startswith("fb:")}
+    sums = {k[3:]: float(v) for k, v in data.items() if k.startswith("fv:")}
+    return ArmTotals(
+        **{k: int(float(data.get(k, 0))) for k in _INT_TOTALS},
+        **{k: float(data.get(k, 0.0)) for k in _FLOAT_TOTALS},
+        signal_counts=counts,
+        signal_value_sums=sums,
+    )
+
+
+def _units(raw: dict[bytes | str, bytes | str]) -> UnitSums:
+    s1: dict[str, float] = {}
+    s2: dict[str, float] = {}
+    cross: dict[str, float] = {}
+    units = 0
+    for k, v in raw.items():
+        key, value = _text(k), float(_text(v))
+        if key == "n":
+            units = int(value)
+        elif key.startswith("s1:"):
+            s1[key[3:]] = value
+        elif key.startswith("s2:"):
+            s2[key[3:]] = value
+        elif key.startswith("x:"):
+            cross[key[2:]] = value
+    return UnitSums(units=units, s1=s1, s2=s2, cross=cross)
+
+
+async def read_snapshot(
+    redis: aioredis.Redis, exp: Experiment, *, minutes: int = 0, now: float | None = None
+) -> ExperimentSnapshot:
+    """The experiment's snapshot; `minutes` > 0 adds that many per-minute points per arm."""
+    taken = time.time() if now is None else now
+    tag = f"abgate:{{{exp.name}}}:"
+    last_minute = int(taken // 60)
+    span = list(range(last_minute - minutes + 1, last_minute + 1)) if minutes > 0 else []
+    async with redis.pipeline(transaction=False) as pipe:
+        for arm in ARMS:
+            pipe.hgetall(f"{tag}arm:{arm}")
+            pipe.hgetall(f"{tag}units:{arm}")
+            for m in span:
+                pipe.hgetall(f"{tag}minute:{arm}:{m}")
+        rows = await pipe.execute()
+    arms: dict[str, ArmSnapshot] = {}
+    it = iter(rows)
+    for arm in ARMS:
+        totals, units = _totals(next(it)), _units(next(it))
+        points: list[MinutePoint] = []
+        for m in span:
+            raw = {_text(k): _text(v) for k, v in next(it).items()}
+            if raw:
+                points.append(
+                    MinutePoint(
+                        minute=m,
+                        requests=int(raw.get("requests", 0)),
+                        errors=int(raw.get("errors", 0)),
+                        latency_ms_sum=float(raw.get("latency_ms_sum", 0.0)),
+                        completion_tokens=int(raw.get("completion_tokens", 0)),
+                        feedback=int(raw.get("feedback", 0)),
+                    )
+                )
+        arms[arm] = ArmSnapshot(totals=totals, units=units, minutes=points)
+    return ExperimentSnapshot(
+        experiment=exp.name,
+        route=exp.route,
+        treatment_percent=exp.treatment_percent,
+        taken_at=taken,
+        control=arms["control"],
+        treatment=arms["treatment"],
+        signals=(*BUILTIN_SIGNALS, *exp.signals),
+    )
+
+
+async def unit_counts(redis: aioredis.Redis, names: list[str]) -> dict[tuple[str, str], int]:
+    """Distinct units per (experiment, arm)."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for name in names:
+            for arm in ARMS:
+                pipe.hget(f"abgate:{{{name}}}:units:{arm}", "n")
+        values = await pipe.execute()
+    it = iter(values)
+    return {(n, a): int(next(it) or 0) for n in names for a in ARMS}
