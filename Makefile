@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint typecheck unit demo bench clean
+.PHONY: test lint typecheck unit demo bench stats-study clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,9 @@ test: lint typecheck
 
 demo: $(STAMP)
 	$(BIN)/abgate demo
+
+stats-study: $(STAMP)
+	$(BIN)/python -m bench.stats_study
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.gateway

@@ -11,6 +11,8 @@ each (numerator, denominator) pair of a ratio metric ``cross[(y, n)] = Σ y_i n_
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 BUILTIN_SIGNALS = ("thumbs_up", "thumbs_down", "escalation", "resolved", "regenerated")
@@ -43,6 +45,7 @@ class UnitSums(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     units: int = 0
+    moved_in: int = Field(default=0, description="Units first seen in the other arm")
     s1: dict[str, float] = Field(default_factory=dict)
     s2: dict[str, float] = Field(default_factory=dict)
     cross: dict[str, float] = Field(
@@ -117,3 +120,94 @@ class ExperimentSnapshot(BaseModel):
     control: ArmSnapshot = Field(default_factory=ArmSnapshot)
     treatment: ArmSnapshot = Field(default_factory=ArmSnapshot)
     signals: tuple[str, ...] = BUILTIN_SIGNALS
+
+
+# -- results of the statistics (analysis/stats) -------------------------------------------------
+
+Status = Literal["ok", "insufficient_data"]
+Verdict = Literal["non_inferior", "inferior", "inconclusive", "insufficient_data"]
+
+
+class Estimate(BaseModel):
+    """A ratio metric of one arm, Σy/Σn over units, with its delta-method variance."""
+
+    model_config = ConfigDict(frozen=True)
+
+    value: float
+    variance: float
+    units: int
+    numerator: float
+    denominator: float
+
+
+class Interval(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    low: float
+    high: float
+
+
+class TestResult(BaseModel):
+    """A comparison of treatment with control. With `status` "insufficient_data" every number
+    is None and `reason` says why; no NaN is ever returned."""
+
+    model_config = ConfigDict(frozen=True)
+
+    status: Status
+    method: str
+    reason: str = ""
+    difference: float | None = None
+    interval: Interval | None = None
+    p_value: float | None = None
+    statistic: float | None = None
+    relative_lift: float | None = None
+    relative_interval: Interval | None = None
+    significant: bool = False
+    alpha: float = 0.05
+
+
+class MetricComparison(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    metric: str
+    control: Estimate | None = None
+    treatment: Estimate | None = None
+    test: TestResult
+
+
+class SRMResult(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    status: Status
+    reason: str = ""
+    control_units: int = 0
+    treatment_units: int = 0
+    expected_share: float = 0.0
+    observed_share: float | None = None
+    chi2: float | None = None
+    p_value: float | None = None
+    mismatch: bool = False
+    threshold: float = 0.001
+
+
+class GuardrailResult(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    metric: str
+    verdict: Verdict
+    margin: float
+    relative: bool
+    higher_is_worse: bool
+    test: TestResult
+    reason: str = ""
+
+
+class PowerPlan(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    status: Status
+    reason: str = ""
+    units_total: int | None = None
+    units_control: int | None = None
+    units_treatment: int | None = None
+    days: float | None = None

@@ -19,7 +19,15 @@ local function unit_update(tag, arm, unit, deltas)
   local ukey = tag .. 'unit:' .. arm .. ':' .. unit
   local skey = tag .. 'units:' .. arm
   local flat = redis.call('HGETALL', ukey)
-  if #flat == 0 then redis.call('HINCRBY', skey, 'n', 1) end
+  if #flat == 0 then
+    redis.call('HINCRBY', skey, 'n', 1)
+    -- a unit new to this arm but known to the other moved (the share went up): SRM excludes it
+    local other = 'control'
+    if arm == 'control' then other = 'treatment' end
+    if redis.call('EXISTS', tag .. 'unit:' .. other .. ':' .. unit) == 1 then
+      redis.call('HINCRBY', skey, 'moved_in', 1)
+    end
+  end
   local old, new = {}, {}
   for i = 1, #flat, 2 do
     local v = tonumber(flat[i + 1])

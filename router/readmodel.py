@@ -47,18 +47,20 @@ def _units(raw: dict[bytes | str, bytes | str]) -> UnitSums:
     s1: dict[str, float] = {}
     s2: dict[str, float] = {}
     cross: dict[str, float] = {}
-    units = 0
+    units = moved = 0
     for k, v in raw.items():
         key, value = _text(k), float(_text(v))
         if key == "n":
             units = int(value)
+        elif key == "moved_in":
+            moved = int(value)
         elif key.startswith("s1:"):
             s1[key[3:]] = value
         elif key.startswith("s2:"):
             s2[key[3:]] = value
         elif key.startswith("x:"):
             cross[key[2:]] = value
-    return UnitSums(units=units, s1=s1, s2=s2, cross=cross)
+    return UnitSums(units=units, moved_in=moved, s1=s1, s2=s2, cross=cross)
 
 
 async def read_snapshot(

@@ -106,6 +106,8 @@ def test_unit_sums_match_recomputation(client: redis.Redis, ops: list[tuple]) ->
                     if signal in ("thumbs_up", "thumbs_down"):
                         m["votes"] += 1
 
+    moved_in = 0
+    arms_of_units: list[set[str]] = []
     for arm in ("control", "treatment"):
         per_unit = {
             key.rsplit(":", 1)[1]: {f: float(v) for f, v in client.hgetall(key).items()}
@@ -120,6 +122,8 @@ def test_unit_sums_match_recomputation(client: redis.Redis, ops: list[tuple]) ->
         # the maintained sums equal the sums recomputed from the per-unit totals
         sums = {f: float(v) for f, v in client.hgetall(f"{TAG}units:{arm}").items()}
         assert int(sums.pop("n", 0)) == len(per_unit)
+        moved_in += int(sums.pop("moved_in", 0))
+        arms_of_units.append(set(per_unit))
         fields = {f for totals in per_unit.values() for f in totals}
         for f in fields:
             s1 = sum(t.get(f, 0.0) for t in per_unit.values())
@@ -134,3 +138,5 @@ def test_unit_sums_match_recomputation(client: redis.Redis, ops: list[tuple]) ->
         unused = set(itertools.chain(sums)) - {f"s1:{f}" for f in fields} - {
             f"s2:{f}" for f in fields} - {f"x:{a}|{b}" for a, b in pairs}  # fmt: skip
         assert not unused, unused
+    # a unit seen in both arms was counted as moved once, by the arm it reached second
+    assert moved_in == len(arms_of_units[0] & arms_of_units[1])

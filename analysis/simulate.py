@@ -1,0 +1,175 @@
+"""The reference study model (DESIGN.md), simulated with numpy, and the tests run on it.
+
+Users arrive uniformly over `days` (`users_per_day` a day), each in treatment with probability
+`actual_share`; each makes 1 + Poisson(`extra_requests`) requests, the first at arrival and the
+others uniform over the rest of the horizon. User i has a thumbs-up probability
+p_i ~ Beta(c·m, c·(1 − m)) (c = `concentration`, m per arm), and each request is a thumbs-up
+with probability p_i, so requests of one user are correlated. Optionally each request fails
+with a per-arm error probability.
+
+`simulate` returns, at every look, the unit-level sums per arm that the gateway keeps
+(K, Σy, Σn, Σy², Σn², Σyn) for the chosen outcome, built incrementally request by request
+exactly as the Lua scripts do. `decisions` applies the tests to those sums.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+from analysis.stats.delta import ratio_from_sums_np
+
+Outcome = Literal["thumbs_up", "error"]
+HOURS_PER_DAY = 24.0
+
+
+@dataclass(frozen=True, slots=True)
+class StudyModel:
+    days: float = 14.0
+    users_per_day: int = 2000
+    share: float = 0.10  # configured
+    actual_share: float | None = None  # what the (possibly broken) split really does
+    extra_requests: float = 3.0
+    m_control: float = 0.70
+    m_treatment: float = 0.70
+    concentration: float = 10.0
+    error_control: float = 0.01
+    error_treatment: float = 0.01
+
+
+@dataclass(frozen=True, slots=True)
+class LookSums:
+    """Arrays of shape (looks, 2); column 0 control, 1 treatment."""
+
+    hours: NDArray[Any]  # time of each look, hours since start
+    k: NDArray[Any]
+    sy: NDArray[Any]
+    sn: NDArray[Any]
+    syy: NDArray[Any]
+    snn: NDArray[Any]
+    syn: NDArray[Any]
+
+
+def simulate(
+    model: StudyModel,
+    rng: np.random.Generator,
+    *,
+    outcome: Outcome = "thumbs_up",
+    look_every_hours: float = 1.0,
+    horizon_hours: float | None = None,
+) -> LookSums:
+    horizon = model.days * HOURS_PER_DAY
+    last = horizon if horizon_hours is None else min(horizon, horizon_hours)
+    n_users = round(model.days * model.users_per_day)
+    day = np.repeat(np.arange(int(np.ceil(model.days))), model.users_per_day)[:n_users]
+    arrival = (day + rng.random(n_users)) * HOURS_PER_DAY
+    arrival = arrival[arrival < last]  # later users cannot affect the looks
+    n_users = len(arrival)
+    share = model.share if model.actual_share is None else model.actual_share
+    arm = (rng.random(n_users) < share).astype(np.int64)
+    m = np.where(arm == 1, model.m_treatment, model.m_control)
+    p_user = rng.beta(model.concentration * m, model.concentration * (1 - m))
+    n_req = 1 + rng.poisson(model.extra_requests, n_users)
+
+    user = np.repeat(np.arange(n_users), n_req)
+    starts = np.repeat(arrival, n_req)
+    first = np.ones(len(user), dtype=bool)
+    first[1:] = user[1:] != user[:-1]
+    t = np.where(first, starts, starts + rng.random(len(user)) * (horizon - starts))
+    r_arm = arm[user]
+    if outcome == "thumbs_up":
+        x = (rng.random(len(user)) < p_user[user]).astype(np.float64)
+    else:
+        e = np.where(r_arm == 1, model.error_treatment, model.error_control)
+        x = (rng.random(len(user)) < e).astype(np.float64)
+
+    # within each user, in time order: the user's totals before this request
+    order = np.argsort(user * (horizon + 1.0) + t)  # by user, then time
+    user, t, x, r_arm = user[order], t[order], x[order], r_arm[order]
+    first = np.ones(len(user), dtype=bool)
+    first[1:] = user[1:] != user[:-1]
+    group_start = np.maximum.accumulate(np.where(first, np.arange(len(user)), 0))
+    cum_x = np.cumsum(x)
+    y_before = cum_x - x - (cum_x[group_start] - x[group_start])
+    n_before = np.arange(len(user)) - group_start
+
+    # the increments each request makes to the unit-level sums (as router/lua.py does)
+    d_k = first.astype(np.float64)
+    d_sy, d_sn = x, np.ones_like(x)
+    d_syy = 2 * y_before * x + x * x
+    d_snn = 2 * n_before + 1.0
+    d_syn = y_before + x * n_before + x
+
+    looks = np.arange(look_every_hours, last + 1e-9, look_every_hours)
+    n_bins = len(looks)
+    bins = np.floor(t / look_every_hours).astype(np.int64)  # first look that includes it
+    keep = bins < n_bins
+    cell = (bins * 2 + r_arm)[keep]
+
+    def cumulative(w: NDArray[Any]) -> NDArray[Any]:
+        counts = np.bincount(cell, weights=w[keep], minlength=2 * n_bins)
+        return np.cumsum(counts.reshape(n_bins, 2), axis=0)
+
+    return LookSums(
+        hours=looks,
+        k=cumulative(d_k),
+        sy=cumulative(d_sy),
+        sn=cumulative(d_sn),
+        syy=cumulative(d_syy),
+        snn=cumulative(d_snn),
+        syn=cumulative(d_syn),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class LookDecisions:
+    """Per look (after the minimum units): which tests reject, and the estimates."""
+
+    usable: NDArray[Any]  # bool: both arms have the minimum units and a variance
+    diff: NDArray[Any]
+    var: NDArray[Any]
+    sequential: NDArray[Any]  # mSPRT at the unit level rejects H0 (running: ever so far)
+    lower: NDArray[Any]  # running max of the confidence sequence's lower bound
+    naive: NDArray[Any]  # fixed-horizon z-test with unit-level variance, at this look
+    naive_request: NDArray[Any]  # fixed-horizon z-test with request-level variance, at this look
+    request_level: NDArray[Any]  # mSPRT with the variance of independent requests (running)
+
+
+def decisions(
+    sums: LookSums, tau: float, alpha: float = 0.05, min_units: int = 20
+) -> LookDecisions:
+    r, var = ratio_from_sums_np(sums.k, sums.sy, sums.sn, sums.syy, sums.snn, sums.syn)
+    diff = r[:, 1] - r[:, 0]
+    v = var[:, 1] + var[:, 0]
+    usable = (sums.k.min(axis=1) >= min_units) & np.isfinite(v) & (v > 0)
+    v_safe = np.where(usable, v, 1.0)
+    t2 = tau * tau
+    llr = 0.5 * np.log(v_safe / (v_safe + t2)) + t2 * diff**2 / (2 * v_safe * (v_safe + t2))
+    seq_now = usable & (llr >= np.log(1 / alpha))
+    with np.errstate(invalid="ignore"):
+        half = np.sqrt(v_safe * (v_safe + t2) / t2 * np.log((v_safe + t2) / (v_safe * alpha**2)))
+    lower_now = np.where(usable, diff - half, -np.inf)
+    z = diff / np.sqrt(v_safe)
+    naive_now = usable & (np.abs(z) > 1.959963984540054)
+    # independent requests: binomial variance per arm, n = requests
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = sums.sy / sums.sn
+        v_req = (p * (1 - p) / sums.sn).sum(axis=1)
+    ok_req = usable & np.isfinite(v_req) & (v_req > 0)
+    v_req = np.where(ok_req, v_req, 1.0)
+    llr_req = 0.5 * np.log(v_req / (v_req + t2)) + t2 * diff**2 / (2 * v_req * (v_req + t2))
+    req_now = ok_req & (llr_req >= np.log(1 / alpha))
+    naive_req_now = ok_req & (np.abs(diff / np.sqrt(v_req)) > 1.959963984540054)
+    return LookDecisions(
+        usable=usable,
+        diff=np.where(usable, diff, 0.0),
+        var=np.where(usable, v, 0.0),
+        sequential=np.maximum.accumulate(seq_now),
+        lower=np.maximum.accumulate(lower_now),
+        naive=naive_now,
+        naive_request=naive_req_now,
+        request_level=np.maximum.accumulate(req_now),
+    )

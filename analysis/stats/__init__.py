@@ -1,0 +1,1 @@
+"""Statistics: pure functions over numbers and typed snapshots (no I/O)."""
