@@ -16,7 +16,11 @@ The two-sided interval at level α makes each one-sided statement at level α/2 
 from __future__ import annotations
 
 from analysis.metrics import compare, metric
+from analysis.stats._util import insufficient
+from analysis.stats.quantiles import latency_quantile
 from analysis.types import ExperimentSnapshot, GuardrailResult, TestResult
+
+P95 = "latency_p95_ms"
 
 
 def evaluate(
@@ -30,14 +34,21 @@ def evaluate(
     previous: TestResult | None = None,
     min_units: int = 2,
 ) -> GuardrailResult:
+    if name == P95:
+        return _p95(snapshot, margin, alpha=alpha, min_units=min_units)
     m = metric(name)
     worse_is_higher = not m.higher_is_better
     comparison = compare(
         snapshot, name, sequential=sequential, alpha=alpha, previous=previous, min_units=min_units
     )
     test = comparison.test
-    base = {"metric": name, "margin": margin, "relative": relative,
-            "higher_is_worse": worse_is_higher, "test": test}  # fmt: skip
+    base = {
+        "metric": name,
+        "margin": margin,
+        "relative": relative,
+        "higher_is_worse": worse_is_higher,
+        "test": test,
+    }
     ci = test.relative_interval if relative else test.interval
     if test.status != "ok" or ci is None:
         reason = test.reason or "no relative interval (control value is 0)"
@@ -53,3 +64,41 @@ def evaluate(
         verdict = "inconclusive"
         reason = f"interval of the harm [{lo:.4g}, {hi:.4g}] straddles the margin {margin:g}"
     return GuardrailResult(verdict=verdict, reason=reason, **base)
+
+
+def _p95(
+    snapshot: ExperimentSnapshot, margin: float, *, alpha: float, min_units: int
+) -> GuardrailResult:
+    """p95 latency, relative margin. The p95s are log-normal approximations from each arm's
+    latency mean and variance (analysis/stats/quantiles.py) and carry no variance of their own,
+    so the verdict also needs the unit-level, always-valid test of the *mean* latency to agree:
+    `inferior` when the p95 grew by more than the margin and the mean is significantly higher;
+    `non_inferior` when the p95 grew by less and the mean's relative interval lies below the
+    margin; `inconclusive` otherwise."""
+    mean = compare(snapshot, "latency_ms", sequential=True, alpha=alpha, min_units=min_units)
+    base = {"metric": P95, "margin": margin, "relative": True, "higher_is_worse": True}
+    c95 = latency_quantile(snapshot.control.totals)
+    t95 = latency_quantile(snapshot.treatment.totals)
+    test = mean.test
+    if c95 is None or t95 is None or test.status != "ok" or test.interval is None:
+        return GuardrailResult(
+            verdict="insufficient_data",
+            reason=test.reason or "too few requests",
+            test=test if test.status != "ok" else insufficient(test.method, "too few requests"),
+            **base,
+        )
+    growth = t95 / c95 - 1
+    numbers = f"p95 {c95:.0f} ms -> {t95:.0f} ms ({growth:+.1%})"
+    rel = test.relative_interval
+    if growth > margin and test.interval.low > 0:
+        return GuardrailResult(
+            verdict="inferior",
+            reason=f"{numbers}, mean latency significantly higher",
+            test=test,
+            **base,
+        )
+    if growth < margin and rel is not None and rel.high < margin:
+        return GuardrailResult(
+            verdict="non_inferior", reason=f"{numbers}, mean within the margin", test=test, **base
+        )
+    return GuardrailResult(verdict="inconclusive", reason=numbers, test=test, **base)

@@ -211,3 +211,76 @@ class PowerPlan(BaseModel):
     units_control: int | None = None
     units_treatment: int | None = None
     days: float | None = None
+
+
+# -- policy and decisions (analysis/policy.py) ---------------------------------------------------
+
+Action = Literal["hold", "advance", "rollback", "pause", "promote"]
+
+
+class GuardrailSpec(BaseModel):
+    """A metric that may not get worse by more than `margin` (absolute, or relative)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    metric: str = Field(min_length=1)
+    margin: float = Field(gt=0)
+    relative: bool = False
+
+
+def _default_guardrails() -> list[GuardrailSpec]:
+    return [
+        GuardrailSpec(metric="error_rate", margin=0.01),
+        GuardrailSpec(metric="latency_p95_ms", margin=0.25, relative=True),
+        GuardrailSpec(metric="cost_per_request", margin=0.25, relative=True),
+        GuardrailSpec(metric="escalation_rate", margin=0.02),
+    ]
+
+
+class Policy(BaseModel):
+    """How the controller ramps, promotes and rolls back one experiment."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    auto: bool = Field(default=True, description="The controller acts on this experiment")
+    primary_metric: str = Field(default="thumbs_up_rate", min_length=1)
+    higher_is_better: bool | None = Field(
+        default=None, description="Direction of the primary metric; default: the catalogue's"
+    )
+    promote_when: Literal["better", "non_inferior"] = "better"
+    non_inferiority_margin: float = Field(default=0.01, gt=0)
+    guardrails: list[GuardrailSpec] = Field(default_factory=_default_guardrails)
+    min_units_per_arm: int = Field(default=200, ge=2)
+    min_step_seconds: float = Field(default=3600.0, ge=0)
+    interval_seconds: float = Field(default=60.0, gt=0)
+    alpha: float = Field(default=0.05, gt=0, lt=0.5)
+    srm_threshold: float = Field(default=0.001, gt=0, lt=0.5)
+    srm_min_units: int = Field(default=100, ge=10)
+
+
+class StepState(BaseModel):
+    """Where the experiment stands in its ramp, kept by the controller."""
+
+    model_config = ConfigDict(frozen=True)
+
+    share: float
+    started_at: float
+    control_units_at_start: int = 0
+    treatment_units_at_start: int = 0
+    moved_in_at_start: int = 0
+
+
+class Decision(BaseModel):
+    """What the policy decided and why, with the numbers behind it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    action: Action
+    reasons: list[str]
+    at: float
+    share: float
+    primary: MetricComparison | None = None
+    guardrails: list[GuardrailResult] = Field(default_factory=list)
+    srm: SRMResult | None = None
+    step_seconds: float = 0.0
+    units: dict[str, int] = Field(default_factory=dict)

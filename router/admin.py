@@ -10,7 +10,6 @@ from __future__ import annotations
 import hmac
 import logging
 import time
-from collections.abc import Callable
 from typing import Annotated, Any
 
 import orjson
@@ -19,21 +18,20 @@ from pydantic import BaseModel, Field
 from redis.exceptions import RedisError
 
 from analysis.types import ExperimentSnapshot
+from router.changes import ChangeFn, apply_change
 from router.errors import (
-    ConfigError,
     Conflict,
     InvalidRequest,
     NotFound,
-    PreconditionFailed,
     StoreUnavailable,
     Unauthorized,
     Unprocessable,
 )
-from router.experiments import LIVE_STATES, Experiment
+from router.experiments import Experiment
 from router.gateway import Gateway
 from router.lifecycle import Action, ActionRequest, ExperimentPatch, patch, transition
 from router.readmodel import read_snapshot
-from router.store import AUDIT_KEY, AuditEntry
+from router.store import AUDIT_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -139,42 +137,18 @@ def build_admin_router(gateway: Gateway) -> APIRouter:
 
     async def change(
         name: str,
-        fn: Callable[[Experiment | None, dict[str, Experiment]], Experiment | None],
+        fn: ChangeFn,
         *,
         actor: str,
         action: str,
         reason: str,
         if_match: int | None = None,
     ) -> Experiment | None:
-        """Apply `fn` to one experiment inside the store's transaction and audit it."""
-
-        def mutate(
-            exps: dict[str, Experiment],
-        ) -> tuple[dict[str, Experiment], list[AuditEntry]]:
-            current = exps.get(name)
-            if current is not None and if_match is not None and if_match != current.version:
-                raise PreconditionFailed(
-                    f"experiment {name!r} is at version {current.version}, not {if_match}; "
-                    "read it again and retry"
-                )
-            new = fn(current, exps)
-            if new is None:
-                exps.pop(name, None)
-            else:
-                _check_route_free(exps, new)
-                exps[name] = new
-            before = current.model_dump(mode="json") if current is not None else None
-            after = new.model_dump(mode="json") if new is not None else None
-            return exps, [AuditEntry(actor, action, name, before, after, reason)]
-
-        try:
-            doc = await gateway.store.update(mutate)
-        except RedisError as exc:
-            raise StoreUnavailable(f"Redis is unreachable; nothing was changed ({exc})") from exc
-        except ConfigError as exc:
-            raise Conflict(str(exc)) from exc
+        """Apply `fn` through the store, then on this replica at once."""
+        doc = await apply_change(
+            gateway.store, name, fn, actor=actor, action=action, reason=reason, if_match=if_match
+        )
         gateway.apply(doc)
-        logger.info("%s %s by %s: %s", action, name, actor, reason or "-")
         return doc.experiments.get(name)
 
     def _require(name: str, exp: Experiment | None) -> Experiment:
@@ -365,17 +339,6 @@ def _text(value: bytes | str | None) -> str:
     if value is None:
         return ""
     return value.decode() if isinstance(value, bytes) else value
-
-
-def _check_route_free(exps: dict[str, Experiment], new: Experiment) -> None:
-    if new.state not in LIVE_STATES:
-        return
-    for other in exps.values():
-        if other.name != new.name and other.route == new.route and other.state in LIVE_STATES:
-            raise Conflict(
-                f"route {new.route!r} already has the {other.state} experiment {other.name!r}; "
-                "roll it back, promote it or delete it first"
-            )
 
 
 async def _arm_counts(gateway: Gateway, names: list[str]) -> dict[str, dict[str, ArmCounts]]:

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from analysis.types import BUILTIN_SIGNALS
+from analysis.types import BUILTIN_SIGNALS, Policy
 
 Arm = Literal["control", "treatment"]
 State = Literal["draft", "running", "paused", "promoted", "rolled_back"]
@@ -69,6 +69,24 @@ class DefaultUpstream(BaseModel):
     )
 
 
+class CircuitBreaker(BaseModel):
+    """Trips when, among the last `window` treatment requests on one replica, at least
+    `min_errors` failed and the failed share is at least `error_ratio`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    enabled: bool = True
+    window: int = Field(default=40, ge=1, le=10_000)
+    min_errors: int = Field(default=20, ge=1)
+    error_ratio: float = Field(default=0.5, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _fits(self) -> CircuitBreaker:
+        if self.min_errors > self.window:
+            raise ValueError("min_errors cannot exceed window")
+        return self
+
+
 class Experiment(BaseModel):
     """One A/B experiment on one route alias."""
 
@@ -101,6 +119,12 @@ class Experiment(BaseModel):
     feedback_window_seconds: int | None = Field(
         default=None, gt=0, le=90 * 86400, description="Default: ABGATE_FEEDBACK_WINDOW_SECONDS"
     )
+    policy: Policy = Field(default_factory=Policy, description="What the controller does")
+    fallback_to_control: bool = Field(
+        default=True,
+        description="Serve a request from control when treatment fails before any byte is sent",
+    )
+    circuit_breaker: CircuitBreaker = Field(default_factory=CircuitBreaker)
     ramp_steps: list[float] = Field(
         default_factory=lambda: [5.0, 10.0, 25.0, 50.0, 100.0],
         min_length=1,
@@ -245,6 +269,8 @@ class CompiledArm:
 @dataclass(frozen=True, slots=True)
 class CompiledExperiment:
     experiment: Experiment
+    name: str
+    version: int
     name_header: bytes
     salt: bytes
     bps: int
@@ -296,6 +322,8 @@ def compile_table(
         headers = exp.unit_id_headers or default_unit_headers
         routes[exp.route] = CompiledExperiment(
             experiment=exp,
+            name=exp.name,
+            version=exp.version,
             name_header=exp.name.encode(),
             salt=exp.hash_salt.encode(),
             bps=exp.effective_bps,

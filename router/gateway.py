@@ -20,9 +20,12 @@ from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from router.errors import ConfigError
+from router.breaker import Breakers
+from router.changes import apply_change
+from router.errors import ConfigError, Conflict, StoreUnavailable
 from router.events import EventWriter
-from router.experiments import ConfigFile, RoutingTable, compile_table
+from router.experiments import ConfigFile, Experiment, RoutingTable, compile_table
+from router.lifecycle import transition
 from router.metrics import GatewayMetrics
 from router.readmodel import unit_counts
 from router.settings import Settings
@@ -88,6 +91,8 @@ class Gateway:
             stream_maxlen=settings.event_stream_maxlen,
             minute_retention_seconds=settings.minute_retention_seconds,
         )
+        self.breakers = Breakers()
+        self._background: set[asyncio.Task[None]] = set()
         self._watcher: asyncio.Task[None] | None = None
         self._models_cache: tuple[float, list[dict[str, Any]]] | None = None
 
@@ -107,6 +112,8 @@ class Gateway:
         logger.info("gateway started; config version %d", self.table.version)
 
     async def close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
         if self._watcher is not None:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -133,6 +140,7 @@ class Gateway:
         if table.default_upstream is not None:
             self.pool.get(table.default_upstream.base_url)
         self.table = table
+        self.breakers.forget({(e.name, e.version) for e in table.routes.values()})
         self.config_loaded = True
         self._models_cache = None
         self.metrics.config_version.set(doc.version)
@@ -141,6 +149,36 @@ class Gateway:
                 exp.bps / 10_000
             )
         logger.info("applied config version %d (%d routes)", doc.version, len(table.routes))
+
+    def trip(self, name: str, reason: str) -> None:
+        """The circuit breaker opened: this replica already serves control; ask the store to
+        roll the experiment back so that every replica does (audited, actor circuit-breaker)."""
+        logger.warning("experiment %s: %s; rolling back", name, reason)
+        self.metrics.breaker_trips.labels(name).inc()
+        task = asyncio.create_task(self._rollback(name, reason))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _rollback(self, name: str, reason: str) -> None:
+        def fn(current: Experiment | None, _: dict[str, Experiment]) -> Experiment | None:
+            if current is None or current.state not in ("running", "paused"):
+                raise Conflict("nothing to roll back")
+            return transition(current, "rollback", reason)
+
+        for attempt in range(5):
+            try:
+                doc = await apply_change(
+                    self.store, name, fn, actor="circuit-breaker", action="rollback",
+                    reason=reason,
+                )  # fmt: skip
+            except Conflict:
+                return  # already rolled back (by another replica or an operator)
+            except StoreUnavailable:
+                await asyncio.sleep(0.5 * (attempt + 1))
+                continue
+            self.apply(doc)
+            return
+        logger.error("could not record the circuit breaker's rollback of %s", name)
 
     async def refresh(self) -> None:
         """Reload the document if its version moved."""

@@ -19,8 +19,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from analysis.types import Policy
 from router.errors import Conflict, Unprocessable
-from router.experiments import Arm, Experiment, MissingUnitPolicy, State, Target
+from router.experiments import (
+    Arm,
+    CircuitBreaker,
+    Experiment,
+    MissingUnitPolicy,
+    State,
+    Target,
+)
 
 Action = Literal["start", "pause", "resume", "promote", "rollback", "advance"]
 
@@ -58,6 +66,9 @@ class ExperimentPatch(BaseModel):
     use_body_user: bool | None = None
     missing_unit_policy: MissingUnitPolicy | None = None
     signals: list[str] | None = None
+    policy: Policy | None = None
+    fallback_to_control: bool | None = None
+    circuit_breaker: CircuitBreaker | None = None
     detect_regenerations: bool | None = None
     regeneration_window_seconds: float | None = Field(default=None, gt=0, le=86400)
     feedback_window_seconds: int | None = Field(default=None, gt=0, le=90 * 86400)

@@ -120,6 +120,12 @@ class GatewayMetrics:
             _ARM_LABELS,
             registry=registry,
         )
+        self.breaker_trips = Counter(
+            "abgate_circuit_breaker_trips_total",
+            "Times this replica's circuit breaker opened for an experiment's treatment.",
+            ["experiment"],
+            registry=registry,
+        )
         self.errors = Counter(
             "abgate_errors_total",
             "Unexpected errors caught at the top of a request or a background loop.",

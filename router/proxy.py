@@ -35,7 +35,7 @@ from router.experiments import CompiledArm, CompiledExperiment
 from router.http import Receive, Scope, Send, error_body
 from serving.errors import UpstreamError, UpstreamTimeout
 from serving.types import Timeouts
-from serving.upstream import Upstream, parse_error_body
+from serving.upstream import Upstream, UpstreamResponse, parse_error_body
 
 if TYPE_CHECKING:
     from router.gateway import Gateway
@@ -77,6 +77,7 @@ class _Plan:
     model: str
     api_key: str | None
     fingerprint: str = ""
+    raw: bytes = b""  # the client's body, for a fallback to control
 
 
 @dataclass(slots=True)
@@ -170,6 +171,8 @@ class Proxy:
 
         unit = _unit_id(exp, headers, data)
         arm = exp.arm(assign(exp, unit))
+        if arm.arm == "treatment" and gw.breakers.is_open(exp.name, exp.version):
+            arm = exp.control  # this replica's circuit breaker is open
         target = arm.target
         body = _ask_usage(raw, stream, client_wants_usage, arm.model_json)
         timeouts = None
@@ -182,7 +185,7 @@ class Proxy:
         fingerprint = prompt_fingerprint(data) if exp.regen and unit else ""
         return _Plan(
             body, stream, client_wants_usage, gw.pool.get(target.base_url), timeouts, exp, arm,
-            unit or "", exp.experiment.route, target.model, target.api_key, fingerprint,
+            unit or "", exp.experiment.route, target.model, target.api_key, fingerprint, raw,
         )  # fmt: skip
 
     async def _forward(
@@ -197,23 +200,44 @@ class Proxy:
         t0: float,
         out: _Outcome,
     ) -> None:
-        fwd: list[tuple[str, str]] = [
-            (k.decode("latin-1"), v.decode("latin-1"))
-            for k, v in scope["headers"]
-            if k not in _HOP_BY_HOP and not (plan.api_key and k == b"authorization")
-        ]
-        fwd.append(("X-Request-Id", rid))
-        if plan.api_key:
-            fwd.append(("Authorization", "Bearer " + plan.api_key))
+        fwd = _upstream_headers(scope, rid, plan.api_key)
+        failure: UpstreamError | None = None
+        resp: UpstreamResponse | None = None
         try:
             resp = await plan.upstream.post(path, plan.body, fwd, timeouts=plan.timeouts)
         except UpstreamError as exc:
-            status = 504 if isinstance(exc, UpstreamTimeout) else 502
-            out.status, out.error = status, exc.reason
+            failure = exc
+        exp, arm = plan.exp, plan.arm
+        if (
+            exp is not None
+            and arm is not None
+            and arm.arm == "treatment"
+            and exp.experiment.fallback_to_control
+            and (failure is not None or (resp is not None and resp.status >= 500))
+        ):
+            # nothing was sent to the client yet: serve control, count a treatment error
+            out.error = "fallback_" + (failure.reason if failure else f"status_{resp.status}")  # type: ignore[union-attr]
+            if resp is not None:
+                await resp.__aexit__(None, None, None)
+            control = exp.control
+            body = _ask_usage(plan.raw, plan.stream, plan.client_wants_usage, control.model_json)
+            extra.append((b"x-abgate-fallback", b"control"))
+            failure, resp = None, None
+            try:
+                resp = await self._gw.pool.get(control.target.base_url).post(
+                    path, body, _upstream_headers(scope, rid, control.target.api_key)
+                )
+            except UpstreamError as exc:
+                failure = exc
+        if failure is not None or resp is None:
+            err = failure or UpstreamError("no response", base_url="")
+            status = 504 if isinstance(err, UpstreamTimeout) else 502
+            out.status = status
+            out.error = out.error or err.reason
             await _send_error(
                 send,
                 UpstreamUnavailable(
-                    f"the model server for this request is unavailable ({exc.reason})",
+                    f"the model server for this request is unavailable ({err.reason})",
                     status=status,
                     code="upstream_timeout" if status == 504 else "upstream_unavailable",
                 ),
@@ -239,7 +263,7 @@ class Proxy:
                 return
             if resp.status == 200:
                 _read_usage(payload, out)
-            elif resp.status >= 500 or resp.status == 404:
+            elif (resp.status >= 500 or resp.status == 404) and not out.error:
                 out.error = f"status_{resp.status}"
                 info = parse_error_body(payload)
                 if info is not None:
@@ -254,7 +278,7 @@ class Proxy:
         receive: Receive,
         send: Send,
         plan: _Plan,
-        resp: Any,
+        resp: UpstreamResponse,
         headers: list[tuple[bytes, bytes]],
         t0: float,
         out: _Outcome,
@@ -294,6 +318,12 @@ class Proxy:
 
     def _record(self, plan: _Plan, rid: str, t0: float, out: _Outcome) -> None:
         gw = self._gw
+        if plan.exp is not None and plan.arm is not None and plan.arm.arm == "treatment":
+            exp = plan.exp.experiment
+            failed = bool(out.error) and out.error != "client_closed"
+            tripped = gw.breakers.record(exp.name, exp.version, exp.circuit_breaker, failed)
+            if tripped is not None:
+                gw.trip(exp.name, tripped)
         elapsed = time.perf_counter() - t0
         exp_name = plan.exp.experiment.name if plan.exp is not None else ""
         arm = plan.arm.arm if plan.arm is not None else ""
@@ -366,6 +396,18 @@ def prompt_fingerprint(data: dict[str, Any]) -> str:
         return ""
     normalised = " ".join(_PUNCT.sub(" ", text.casefold()).split())
     return hashlib.blake2b(normalised.encode(), digest_size=8).hexdigest()
+
+
+def _upstream_headers(scope: Scope, rid: str, api_key: str | None) -> list[tuple[str, str]]:
+    fwd = [
+        (k.decode("latin-1"), v.decode("latin-1"))
+        for k, v in scope["headers"]
+        if k not in _HOP_BY_HOP and not (api_key and k == b"authorization")
+    ]
+    fwd.append(("X-Request-Id", rid))
+    if api_key:
+        fwd.append(("Authorization", "Bearer " + api_key))
+    return fwd
 
 
 def _status_class(status: int, error: str) -> str:

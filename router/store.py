@@ -36,6 +36,10 @@ AUDIT_KEY = "abgate:audit"
 AUDIT_MAXLEN = 100_000
 
 
+class GuardLost(ConfigError):
+    """The guard key changed hands: the change was not written."""
+
+
 @dataclass(frozen=True, slots=True)
 class ConfigDoc:
     """One version of the stored configuration."""
@@ -94,16 +98,26 @@ class ConfigStore:
             return ConfigDoc(version=0)
         return ConfigDoc.from_json(_as_bytes(raw))
 
-    async def update(self, mutate: Mutation, *, retries: int = 20) -> ConfigDoc:
+    async def update(
+        self, mutate: Mutation, *, retries: int = 20, guard: tuple[str, str] | None = None
+    ) -> ConfigDoc:
         """Apply `mutate` to the current experiments atomically and return the new document.
 
         `mutate` returns the new experiments and the audit entries describing the change; it may
         raise to refuse the change (nothing is written then). No entries: nothing is written.
+        `guard` = (key, value): write only while that key holds that value (the controller's
+        leader lock), checked inside the same transaction.
         """
         for _ in range(retries):
             async with self._redis.pipeline(transaction=True) as pipe:
                 try:
-                    await pipe.watch(CONFIG_KEY)
+                    if guard is not None:
+                        await pipe.watch(CONFIG_KEY, guard[0])
+                        held = await pipe.get(guard[0])
+                        if _as_bytes(held or b"") != guard[1].encode():
+                            raise GuardLost(f"{guard[0]} is no longer held by this process")
+                    else:
+                        await pipe.watch(CONFIG_KEY)
                     raw = await pipe.get(CONFIG_KEY)
                     current = (
                         ConfigDoc.from_json(_as_bytes(raw)) if raw is not None else ConfigDoc(0)

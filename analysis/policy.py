@@ -1,0 +1,193 @@
+"""The decision policy: a pure function from the experiment's state to what to do next.
+
+Rules, in order (the first that applies wins):
+
+1. **pause** when the split itself is broken: SRM on the units that arrived during the current
+   step (docs/statistics.md) has p below the threshold. Every other number is suspect then.
+2. **rollback** when a guardrail is breached (non-inferiority test says `inferior`).
+3. **rollback** when the primary metric is significantly worse (always-valid test).
+4. **hold** until the step's minimums are met: new units per arm in the step, time in the step.
+5. At the last ramp step below 100 %: **promote** when the primary metric is significantly better
+   (or, with `promote_when: non_inferior`, when its interval excludes a loss larger than the
+   margin); otherwise **hold**.
+6. Otherwise **advance** to the next ramp step.
+"""
+
+from __future__ import annotations
+
+from analysis.guardrails import evaluate
+from analysis.metrics import compare, metric
+from analysis.stats.srm import srm_test
+from analysis.types import (
+    Decision,
+    ExperimentSnapshot,
+    GuardrailResult,
+    MetricComparison,
+    Policy,
+    SRMResult,
+    StepState,
+)
+
+
+def decide(
+    policy: Policy,
+    snapshot: ExperimentSnapshot,
+    step: StepState,
+    now: float,
+    ramp_steps: list[float],
+) -> Decision:
+    share = snapshot.treatment_percent
+    c_units, t_units = snapshot.control.units.units, snapshot.treatment.units.units
+    moved = snapshot.treatment.units.moved_in - step.moved_in_at_start
+    new_c = c_units - step.control_units_at_start
+    new_t = t_units - step.treatment_units_at_start - moved
+    step_seconds = max(0.0, now - step.started_at)
+    units = {
+        "control": c_units,
+        "treatment": t_units,
+        "control_in_step": new_c,
+        "treatment_in_step": new_t,
+        "moved_in_step": moved,
+    }
+
+    def decision(action: str, *reasons: str, **extra: object) -> Decision:
+        return Decision.model_validate(
+            {
+                "action": action,
+                "reasons": list(reasons),
+                "at": now,
+                "share": share,
+                "step_seconds": step_seconds,
+                "units": units,
+                **extra,
+            }
+        )
+
+    srm: SRMResult
+    if new_c + new_t >= policy.srm_min_units:
+        srm = srm_test(new_c, new_t, share / 100, policy.srm_threshold)
+    else:
+        srm = SRMResult(
+            status="insufficient_data",
+            reason="too few new units in this step",
+            control_units=new_c,
+            treatment_units=new_t,
+            expected_share=share / 100,
+            threshold=policy.srm_threshold,
+        )
+    if srm.mismatch:
+        return decision(
+            "pause",
+            f"sample ratio mismatch: {new_t} of {new_c + new_t} new units in treatment "
+            f"({srm.observed_share:.2%}) where {share:g} % is configured, p = {srm.p_value:.2g}",
+            srm=srm,
+        )
+
+    guardrails: list[GuardrailResult] = [
+        evaluate(
+            snapshot,
+            g.metric,
+            g.margin,
+            relative=g.relative,
+            alpha=policy.alpha,
+            min_units=min(policy.min_units_per_arm, 20),
+        )
+        for g in policy.guardrails
+    ]
+    primary = compare(snapshot, policy.primary_metric, sequential=True, alpha=policy.alpha)
+    common = {"srm": srm, "guardrails": guardrails, "primary": primary}
+    breaches = [g for g in guardrails if g.verdict == "inferior"]
+    if breaches:
+        return decision(
+            "rollback", *(f"guardrail {g.metric} breached: {g.reason}" for g in breaches), **common
+        )
+    better = _direction(policy, primary)
+    if better == "worse":
+        return decision(
+            "rollback",
+            f"{policy.primary_metric} is significantly worse: {_describe(primary)}",
+            **common,
+        )
+
+    waiting = []
+    if min(new_c, new_t) < policy.min_units_per_arm:
+        waiting.append(
+            f"{min(new_c, new_t)} of {policy.min_units_per_arm} new units per arm in this step"
+        )
+    if step_seconds < policy.min_step_seconds:
+        waiting.append(f"{step_seconds:.0f} of {policy.min_step_seconds:.0f} s in this step")
+    if waiting:
+        return decision("hold", "step minimums not met: " + "; ".join(waiting), **common)
+
+    nxt = next((s for s in ramp_steps if s > share), None)
+    if nxt is None or nxt >= 100:
+        if policy.promote_when == "better":
+            if better == "better":
+                return decision(
+                    "promote",
+                    f"{policy.primary_metric} is significantly better: {_describe(primary)}",
+                    **common,
+                )
+            return decision(
+                "hold",
+                f"last step: waiting for {policy.primary_metric} to be "
+                f"significantly better ({_describe(primary)})",
+                **common,
+            )
+        if _non_inferior(policy, primary):
+            return decision(
+                "promote",
+                f"{policy.primary_metric} is non-inferior within "
+                f"{policy.non_inferiority_margin:g}: {_describe(primary)}",
+                **common,
+            )
+        return decision(
+            "hold",
+            f"last step: {policy.primary_metric} not yet shown non-inferior ({_describe(primary)})",
+            **common,
+        )
+    return decision(
+        "advance",
+        f"step minimums met and nothing worse; {share:g} % -> {nxt:g} % "
+        f"({policy.primary_metric}: {_describe(primary)})",
+        **common,
+    )
+
+
+def _higher_is_better(policy: Policy) -> bool:
+    if policy.higher_is_better is not None:
+        return policy.higher_is_better
+    return metric(policy.primary_metric).higher_is_better
+
+
+def _direction(policy: Policy, primary: MetricComparison) -> str:
+    test = primary.test
+    if test.status != "ok" or not test.significant or test.interval is None:
+        return "unknown"
+    up = test.interval.low > 0
+    down = test.interval.high < 0
+    if not (up or down):
+        return "unknown"
+    return "better" if up == _higher_is_better(policy) else "worse"
+
+
+def _non_inferior(policy: Policy, primary: MetricComparison) -> bool:
+    test = primary.test
+    if test.status != "ok" or test.interval is None:
+        return False
+    margin = policy.non_inferiority_margin
+    if _higher_is_better(policy):
+        return test.interval.low > -margin
+    return test.interval.high < margin
+
+
+def _describe(primary: MetricComparison) -> str:
+    test = primary.test
+    if test.status != "ok" or test.interval is None or primary.control is None:
+        return test.reason or "no data"
+    t = primary.treatment
+    return (
+        f"control {primary.control.value:.4g}, treatment {t.value if t else float('nan'):.4g}, "
+        f"difference {test.difference:+.4g} [{test.interval.low:+.4g}, {test.interval.high:+.4g}]"
+        f", always-valid p = {test.p_value:.3g}"
+    )
