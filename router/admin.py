@@ -12,13 +12,14 @@ import logging
 import time
 from typing import Annotated, Any
 
-import orjson
 from fastapi import APIRouter, Depends, Header, Path, Query, Response
 from pydantic import BaseModel, Field
 from redis.exceptions import RedisError
 
-from analysis.types import ExperimentSnapshot
+from analysis.report import Report, build_report
+from analysis.types import Decision, ExperimentSnapshot
 from router.changes import ChangeFn, apply_change
+from router.controller import decisions_key
 from router.errors import (
     Conflict,
     InvalidRequest,
@@ -31,7 +32,7 @@ from router.experiments import Experiment
 from router.gateway import Gateway
 from router.lifecycle import Action, ActionRequest, ExperimentPatch, patch, transition
 from router.readmodel import read_snapshot
-from router.store import AUDIT_KEY
+from router.store import read_audit
 
 logger = logging.getLogger(__name__)
 
@@ -307,38 +308,32 @@ def build_admin_router(gateway: Gateway) -> APIRouter:
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> AuditList:
         try:
-            raw = await gateway.redis.xrevrange(AUDIT_KEY, count=10_000 if experiment else limit)
+            rows = await read_audit(gateway.redis, experiment, limit)
         except RedisError as exc:
             raise StoreUnavailable(f"Redis is unreachable ({exc})") from exc
-        entries: list[AuditRecord] = []
-        for entry_id, fields in raw or []:
-            f = {_text(k): _text(v) for k, v in (fields or {}).items()}
-            if experiment is not None and f.get("experiment") != experiment:
-                continue
-            entries.append(
-                AuditRecord(
-                    id=_text(entry_id),
-                    ts=float(f.get("ts", 0)),
-                    version=int(f.get("version", 0)),
-                    actor=f.get("actor", ""),
-                    action=f.get("action", ""),
-                    experiment=f.get("experiment", ""),
-                    before=orjson.loads(f.get("before", "null")),
-                    after=orjson.loads(f.get("after", "null")),
-                    reason=f.get("reason", ""),
-                )
-            )
-            if len(entries) >= limit:
-                break
-        return AuditList(entries=entries)
+        return AuditList(entries=[AuditRecord.model_validate(r) for r in rows])
+
+    @router.get("/experiments/{name}/report", response_model=Report)
+    async def report(name: ExperimentName) -> Report:
+        """Per metric the arms, the difference, always-valid and fixed-horizon intervals and
+        the verdict; the SRM check; the controller's decisions; the audit trail."""
+        try:
+            doc = await gateway.store.load()
+            exp = doc.experiments.get(name)
+            if exp is None:
+                raise NotFound(f"no experiment named {name!r}")
+            snapshot = await read_snapshot(gateway.redis, exp)
+            raw = await gateway.redis.xrange(decisions_key(name))
+            audit_rows = await read_audit(gateway.redis, name, 1000)
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis is unreachable ({exc})") from exc
+        decisions = [Decision.model_validate_json(f[b"json"]) for _, f in raw or [] if f]
+        return build_report(
+            exp.model_dump(mode="json"), snapshot, decisions, list(reversed(audit_rows)),
+            time.time(),
+        )  # fmt: skip
 
     return router
-
-
-def _text(value: bytes | str | None) -> str:
-    if value is None:
-        return ""
-    return value.decode() if isinstance(value, bytes) else value
 
 
 async def _arm_counts(gateway: Gateway, names: list[str]) -> dict[str, dict[str, ArmCounts]]:

@@ -97,6 +97,7 @@ class EventWriter:
         batch: int,
         stream_maxlen: int,
         minute_retention_seconds: int,
+        linger_seconds: float = 0.002,
     ) -> None:
         self._redis = redis
         self._metrics = metrics
@@ -111,6 +112,7 @@ class EventWriter:
         self._closing = False
         self._script = redis.register_script(RECORD_EVENTS)
         self._redis_ok = True
+        self._linger = linger_seconds
 
     @property
     def depth(self) -> int:
@@ -160,6 +162,8 @@ class EventWriter:
                     return
                 self._wakeup.clear()
                 await self._wakeup.wait()
+                if self._linger > 0 and not self._closing and len(self._buffer) < self._batch:
+                    await asyncio.sleep(self._linger)  # let a batch gather: fewer round trips
                 continue
             n = min(self._batch, len(self._buffer))
             batch = [self._buffer[i] for i in range(n)]

@@ -162,23 +162,35 @@ class FeedbackService:
         return [r for r in results if r is not None]
 
     async def _indexes(self, rids: dict[int, str]) -> dict[int, tuple[str, str, str]]:
-        """Request index entries by item position; waits briefly for events still buffered."""
+        """Request index entries by item position; waits briefly for events still buffered.
+
+        Whether an event is still on its way is checked *before* each read: checked after, an
+        event written between the read and the check would look unknown."""
         if not rids:
             return {}
+        writer, inflight = self._gw.writer, self._gw.inflight
+
+        def on_its_way(r: str) -> bool:
+            return r in writer.pending or r in inflight
+
+        watch = {i for i, r in rids.items() if on_its_way(r)}
         found = await self._mget(rids)
         missing = {i: r for i, r in rids.items() if i not in found}
-        writer = self._gw.writer
         deadline = time.monotonic() + PENDING_WAIT_SECONDS
-        while missing and any(r in writer.pending for r in missing.values()):
-            if time.monotonic() > deadline:
-                raise StoreUnavailable(
-                    "this request is not recorded yet (Redis is unreachable); retry later"
-                )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(writer.flushed.wait(), 0.2)
-            found |= await self._mget(missing)
+        while True:
+            retry = {i: r for i, r in missing.items() if i in watch}
+            if not retry:
+                return found
+            if any(on_its_way(r) for r in retry.values()):
+                if time.monotonic() > deadline:
+                    raise StoreUnavailable(
+                        "this request is not recorded yet (Redis is unreachable); retry later"
+                    )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(writer.flushed.wait(), 0.2)
+            watch = {i for i, r in retry.items() if on_its_way(r)}
+            found |= await self._mget(retry)
             missing = {i: r for i, r in missing.items() if i not in found}
-        return found
 
     async def _mget(self, rids: dict[int, str]) -> dict[int, tuple[str, str, str]]:
         positions = list(rids)

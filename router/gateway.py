@@ -90,8 +90,10 @@ class Gateway:
             batch=settings.event_batch,
             stream_maxlen=settings.event_stream_maxlen,
             minute_retention_seconds=settings.minute_retention_seconds,
+            linger_seconds=settings.event_linger_seconds,
         )
         self.breakers = Breakers()
+        self.inflight: set[str] = set()  # request ids whose event is not submitted yet
         self._background: set[asyncio.Task[None]] = set()
         self._watcher: asyncio.Task[None] | None = None
         self._models_cache: tuple[float, list[dict[str, Any]]] | None = None

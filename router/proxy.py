@@ -42,7 +42,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-_KEYS = frozenset((b'"model"', b'"stream_options"'))
+_MODEL_KEY = frozenset((b'"model"',))
+_MODEL_AND_OPTIONS = frozenset((b'"model"', b'"stream_options"'))
 _HOP_BY_HOP = frozenset(
     (
         b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te",
@@ -115,6 +116,8 @@ class Proxy:
             extra.append((b"x-abgate-experiment", plan.exp.name_header))
             extra.append((b"x-abgate-arm", plan.arm.headers_arm))
         out = _Outcome()
+        if plan.exp is not None:
+            gw.inflight.add(rid)  # feedback for it waits until the event is recorded
         try:
             await self._forward(scope, receive, send, path, plan, rid, extra, t0, out)
         except Exception:
@@ -163,7 +166,7 @@ class Proxy:
                     "gateway and no default upstream is configured.",
                     param="model",
                 )
-            body = _ask_usage(raw, stream, client_wants_usage, None)
+            body = _ask_usage(raw, stream, client_wants_usage, None, "stream_options" in data)
             return _Plan(
                 body, stream, client_wants_usage, gw.pool.get(default.base_url), None,
                 None, None, "", DEFAULT_ROUTE, model, default.api_key,
@@ -174,7 +177,7 @@ class Proxy:
         if arm.arm == "treatment" and gw.breakers.is_open(exp.name, exp.version):
             arm = exp.control  # this replica's circuit breaker is open
         target = arm.target
-        body = _ask_usage(raw, stream, client_wants_usage, arm.model_json)
+        body = _ask_usage(raw, stream, client_wants_usage, arm.model_json, "stream_options" in data)
         timeouts = None
         if target.connect_timeout is not None or target.read_timeout is not None:
             base = gw.pool.get(target.base_url).timeouts
@@ -220,7 +223,13 @@ class Proxy:
             if resp is not None:
                 await resp.__aexit__(None, None, None)
             control = exp.control
-            body = _ask_usage(plan.raw, plan.stream, plan.client_wants_usage, control.model_json)
+            body = _ask_usage(
+                plan.raw,
+                plan.stream,
+                plan.client_wants_usage,
+                control.model_json,
+                b'"stream_options"' in plan.raw,
+            )
             extra.append((b"x-abgate-fallback", b"control"))
             failure, resp = None, None
             try:
@@ -351,6 +360,7 @@ class Proxy:
             gw.metrics.upstream_errors.labels(plan.route, exp_name, arm, out.error).inc()
         if plan.exp is None:
             return
+        gw.inflight.discard(rid)
         gw.writer.submit(
             Event(
                 request_id=rid,
@@ -448,19 +458,26 @@ def _unit_id(
 
 
 def _ask_usage(
-    raw: bytes, stream: bool, client_wants_usage: bool, model_json: bytes | None
+    raw: bytes,
+    stream: bool,
+    client_wants_usage: bool,
+    model_json: bytes | None,
+    has_options: bool = False,
 ) -> bytes:
-    """Rewrite `model` (when routed to an arm) and, on streams, ask for the usage chunk."""
+    """Rewrite `model` (when routed to an arm) and, on streams, ask for the usage chunk.
+    `has_options`: the body has a top-level `stream_options` (from the parsed body)."""
     if model_json is None and (not stream or client_wants_usage):
         return raw
-    spans = jsonbody.top_level_spans(raw, _KEYS)
+    # look only for the keys that are there, so the scan can stop at the last one it needs
+    need_options = stream and not client_wants_usage and has_options
+    spans = jsonbody.top_level_spans(raw, _MODEL_AND_OPTIONS if need_options else _MODEL_KEY)
     edits: list[tuple[int, int, bytes]] = []
     if model_json is not None:
         start, end = spans[b'"model"']
         edits.append((start, end, model_json))
     if stream and not client_wants_usage:
         span = spans.get(b'"stream_options"')
-        if span is not None:
+        if need_options and span is not None:
             start, end = span
             opts = orjson.loads(raw[start:end])
             opts = dict(opts) if isinstance(opts, dict) else {}

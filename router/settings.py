@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     # Event writer (per request: stream entry, request index, aggregates).
     event_buffer: int = Field(default=200_000, gt=0, description="Events held while Redis is away")
     event_batch: int = Field(default=256, gt=0)
+    event_linger_seconds: float = Field(
+        default=0.002, ge=0, le=1, description="Wait this long for a batch to gather"
+    )
     event_stream_maxlen: int = Field(default=1_000_000, gt=0)
     feedback_window_seconds: int = Field(default=7 * 86400, gt=0)
     minute_retention_seconds: int = Field(default=30 * 86400, gt=0)
@@ -45,6 +48,10 @@ class Settings(BaseSettings):
     upstream_connect_timeout: float = Field(default=5.0, gt=0)
     upstream_read_timeout: float = Field(default=600.0, gt=0)
     upstream_max_connections: int = Field(default=1000, gt=0)
+
+    controller_tick_seconds: float = Field(default=1.0, gt=0)
+    controller_lock_ttl_seconds: float = Field(default=10.0, gt=0)
+    controller_metrics_port: int = Field(default=0, ge=0, le=65535)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"

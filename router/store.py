@@ -200,3 +200,37 @@ def _audit_fields(entry: AuditEntry, version: int) -> dict[Any, Any]:
         "after": orjson.dumps(entry.after),
         "reason": entry.reason,
     }
+
+
+async def read_audit(
+    redis: aioredis.Redis, experiment: str | None = None, limit: int = 100
+) -> list[dict[str, Any]]:
+    """Audit entries, newest first, optionally of one experiment."""
+    raw = await redis.xrevrange(AUDIT_KEY, count=10_000 if experiment else limit)
+    entries: list[dict[str, Any]] = []
+    for entry_id, fields in raw or []:
+        f = {_text(k): _text(v) for k, v in (fields or {}).items()}
+        if experiment is not None and f.get("experiment") != experiment:
+            continue
+        entries.append(
+            {
+                "id": _text(entry_id),
+                "ts": float(f.get("ts", 0)),
+                "version": int(f.get("version", 0)),
+                "actor": f.get("actor", ""),
+                "action": f.get("action", ""),
+                "experiment": f.get("experiment", ""),
+                "before": orjson.loads(f.get("before", "null")),
+                "after": orjson.loads(f.get("after", "null")),
+                "reason": f.get("reason", ""),
+            }
+        )
+        if len(entries) >= limit:
+            break
+    return entries
+
+
+def _text(value: bytes | str | None) -> str:
+    if value is None:
+        return ""
+    return value.decode() if isinstance(value, bytes) else value

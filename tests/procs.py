@@ -118,3 +118,16 @@ def experiment(
         "treatment_percent": percent,
         **extra,
     }
+
+
+@contextmanager
+def controller(tmp: Path, redis_url: str, *args: str) -> Iterator[Proc]:
+    port = free_port()
+    env = base_env(ABGATE_REDIS_URL=redis_url, ABGATE_LOG_FORMAT="text")
+    cmd = [sys.executable, "-m", "router", "controller", "--metrics-port", str(port), *args]
+    p = Proc(cmd, env, tmp / f"controller-{port}.log", f"http://127.0.0.1:{port}")
+    p.start("/metrics")
+    try:
+        yield p
+    finally:
+        p.stop()

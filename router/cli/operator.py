@@ -17,6 +17,8 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from analysis.report import Report, render_html
+
 DEFAULT_URL = "http://127.0.0.1:8080"
 
 Url = Annotated[
@@ -89,17 +91,32 @@ def register(app: typer.Typer) -> None:
         if name is not None and not rows:
             fail(f"404 not found: no experiment named {name!r}")
         table = Table(title=f"experiments (config version {data['version']})")
-        for col in ("name", "route", "state", "treatment", "control model", "treatment model",
-                    "requests c/t", "errors c/t", "feedback c/t"):  # fmt: skip
+        for col in (
+            "name",
+            "route",
+            "state",
+            "treatment",
+            "control model",
+            "treatment model",
+            "requests c/t",
+            "errors c/t",
+            "feedback c/t",
+        ):
             table.add_column(col)
         for row in rows:
             e, arms = row["experiment"], row["arms"]
             c, t = arms["control"], arms["treatment"]
             table.add_row(
-                e["name"], e["route"], e["state"], _share(e), e["control"]["model"],
-                e["treatment"]["model"], f"{c['requests']}/{t['requests']}",
-                f"{c['errors']}/{t['errors']}", f"{c['feedback']}/{t['feedback']}",
-            )  # fmt: skip
+                e["name"],
+                e["route"],
+                e["state"],
+                _share(e),
+                e["control"]["model"],
+                e["treatment"]["model"],
+                f"{c['requests']}/{t['requests']}",
+                f"{c['errors']}/{t['errors']}",
+                f"{c['feedback']}/{t['feedback']}",
+            )
         console.print(table)
         client.close()
 
@@ -180,6 +197,68 @@ def register(app: typer.Typer) -> None:
     lifecycle("promote", "Promote the treatment: it serves 100 % of the route.")
     lifecycle("rollback", "Roll back: every new request of the route goes to control, at once.")
 
+    @app.command("report")
+    def report(
+        name: Name,
+        html_file: Annotated[
+            Path | None, typer.Option("--html", help="also write a self-contained HTML report")
+        ] = None,
+        json_file: Annotated[Path | None, typer.Option("--json", help="write the JSON")] = None,
+        url: Url = DEFAULT_URL,
+        token: Token = None,
+    ) -> None:
+        """The experiment's report: metrics, intervals, verdicts, SRM, decisions."""
+        client = AdminClient(url, token)
+        data = client.call("GET", f"/admin/experiments/{name}/report")
+        client.close()
+        rep = Report.model_validate(data)
+        console.print(
+            f"[bold]{rep.experiment}[/bold] ({rep.state}) route {rep.route}: "
+            f"{rep.treatment_model} vs {rep.control_model} at {rep.treatment_percent:g}%; "
+            f"units {rep.units['control']}/{rep.units['treatment']}"
+        )
+        table = Table()
+        for col in (
+            "metric",
+            "role",
+            "control",
+            "treatment",
+            "difference",
+            "always-valid 95% CI",
+            "verdict",
+        ):
+            table.add_column(col)
+        for m in rep.metrics:
+            ci = m.always_valid
+            table.add_row(
+                m.metric,
+                m.role,
+                _num(m.control),
+                _num(m.treatment),
+                _num(m.difference),
+                "-" if ci is None else f"[{ci.low:.4g}, {ci.high:.4g}]",
+                m.verdict,
+            )
+        console.print(table)
+        srm = rep.srm
+        console.print(
+            f"SRM: {'MISMATCH' if srm.mismatch else 'ok'} (p = {_num(srm.p_value)})"
+            if srm.status == "ok"
+            else f"SRM: insufficient data ({srm.reason})"
+        )
+        for d in rep.decisions:
+            console.print(f"  {d.action} at {d.share:g}%: {'; '.join(d.reasons)}", markup=False)
+        for path, content in ((html_file, render_html(rep)), (json_file, rep.model_dump_json())):
+            if path is None:
+                continue
+            try:
+                tmp = path.with_name(path.name + ".part")
+                tmp.write_text(content, encoding="utf-8")
+                tmp.replace(path)  # never leave a half-written report behind
+            except OSError as exc:
+                fail(f"cannot write {path}: {exc.strerror}", code=2)
+            console.print(f"wrote {path}")
+
     @app.command("audit")
     def audit(
         name: Annotated[str | None, typer.Argument(help="only this experiment")] = None,
@@ -199,11 +278,20 @@ def register(app: typer.Typer) -> None:
         for e in data["entries"]:
             when = dt.datetime.fromtimestamp(e["ts"], dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
             table.add_row(
-                when, str(e["version"]), e["actor"], e["action"], e["experiment"],
-                _summarise(e["before"], e["after"]), e["reason"],
-            )  # fmt: skip
+                when,
+                str(e["version"]),
+                e["actor"],
+                e["action"],
+                e["experiment"],
+                _summarise(e["before"], e["after"]),
+                e["reason"],
+            )
         console.print(table)
         client.close()
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
 
 
 def _summarise(before: dict[str, Any] | None, after: dict[str, Any] | None) -> str:

@@ -62,7 +62,7 @@ def test_usage_is_requested_on_streams_only() -> None:
     out = orjson.loads(_ask_usage(raw, True, False, b'"b"'))
     assert out == {"model": "b", "stream": True, "stream_options": {"include_usage": True}}
     explicit_off = b'{"model":"a","stream":true,"stream_options":{"include_usage":false,"x":1}}'
-    out = orjson.loads(_ask_usage(explicit_off, True, False, b'"b"'))
+    out = orjson.loads(_ask_usage(explicit_off, True, False, b'"b"', True))
     assert out["stream_options"] == {"include_usage": True, "x": 1}
     assert _ask_usage(b'{"model":"a"}', False, False, None) == b'{"model":"a"}'
 

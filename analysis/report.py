@@ -1,0 +1,388 @@
+"""The experiment report: numbers per metric, the SRM check, the decision history, and a
+self-contained HTML page with inline SVG charts (opens without network access).
+
+`build_report` is pure: the experiment's settings, its current snapshot, the controller's
+evaluations and the audit entries in; a `Report` out. `render_html` turns it into a page.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from analysis.guardrails import evaluate
+from analysis.metrics import METRICS, compare
+from analysis.stats.quantiles import latency_quantile
+from analysis.stats.srm import srm_test
+from analysis.types import (
+    Decision,
+    ExperimentSnapshot,
+    GuardrailResult,
+    Interval,
+    MetricComparison,
+    Policy,
+    SRMResult,
+)
+
+
+class MetricRow(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    metric: str
+    role: str  # primary, guardrail, secondary
+    control: float | None = None
+    treatment: float | None = None
+    difference: float | None = None
+    always_valid: Interval | None = None
+    fixed_horizon: Interval | None = None
+    p_value: float | None = None
+    always_valid_p: float | None = None
+    verdict: str
+    note: str = ""
+
+
+class Point(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    t: float
+    share: float
+    action: str
+    control: float | None = None
+    treatment: float | None = None
+    low: float | None = None
+    high: float | None = None
+    guardrails: dict[str, float] = Field(default_factory=dict)
+
+
+class Report(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    experiment: str
+    route: str
+    state: str
+    treatment_percent: float
+    control_model: str
+    treatment_model: str
+    generated_at: float
+    policy: Policy
+    units: dict[str, int]
+    requests: dict[str, int]
+    latency_p95_ms: dict[str, float | None]
+    metrics: list[MetricRow]
+    srm: SRMResult
+    decisions: list[Decision]
+    series: list[Point]
+    audit: list[dict[str, Any]]
+
+
+def _direction_word(comparison: MetricComparison, higher_is_better: bool) -> str:
+    test = comparison.test
+    if test.status != "ok" or test.interval is None:
+        return "insufficient data"
+    if test.interval.low > 0:
+        return "better" if higher_is_better else "worse"
+    if test.interval.high < 0:
+        return "worse" if higher_is_better else "better"
+    return "no significant difference"
+
+
+def _row(snapshot: ExperimentSnapshot, name: str, role: str, policy: Policy) -> MetricRow | None:
+    live = compare(snapshot, name, sequential=True, alpha=policy.alpha)
+    fixed = compare(snapshot, name, sequential=False, alpha=policy.alpha)
+    if live.control is None and live.treatment is None:
+        return None
+    m = METRICS.get(name)
+    higher = m.higher_is_better if m is not None else True
+    if role == "primary" and policy.higher_is_better is not None:
+        higher = policy.higher_is_better
+    return MetricRow(
+        metric=name,
+        role=role,
+        control=live.control.value if live.control else None,
+        treatment=live.treatment.value if live.treatment else None,
+        difference=live.test.difference,
+        always_valid=live.test.interval,
+        fixed_horizon=fixed.test.interval,
+        p_value=fixed.test.p_value,
+        always_valid_p=live.test.p_value,
+        verdict=_direction_word(live, higher),
+        note=live.test.reason,
+    )
+
+
+def _guardrail_row(g: GuardrailResult) -> MetricRow:
+    t = g.test
+    return MetricRow(
+        metric=g.metric,
+        role="guardrail",
+        difference=t.difference,
+        always_valid=t.interval,
+        always_valid_p=t.p_value,
+        verdict=g.verdict.replace("_", "-"),
+        note=_margin(g) + f"; {g.reason}",
+    )
+
+
+def build_report(
+    experiment: dict[str, Any],
+    snapshot: ExperimentSnapshot,
+    decisions: list[Decision],
+    audit: list[dict[str, Any]],
+    now: float,
+) -> Report:
+    policy = Policy.model_validate(experiment.get("policy", {}))
+    rows: list[MetricRow] = []
+    primary = _row(snapshot, policy.primary_metric, "primary", policy)
+    if primary is not None:
+        rows.append(primary)
+    guard_names = set()
+    for spec in policy.guardrails:
+        g = evaluate(snapshot, spec.metric, spec.margin, relative=spec.relative, alpha=policy.alpha)
+        rows.append(_guardrail_row(g))
+        guard_names.add(spec.metric)
+    for name in METRICS:
+        if name != policy.primary_metric:
+            row = _row(snapshot, name, "secondary", policy)
+            if row is not None and row.verdict != "insufficient data":
+                rows.append(row)
+    last_srm = next((d.srm for d in reversed(decisions) if d.srm is not None), None)
+    srm = last_srm or srm_test(
+        snapshot.control.units.units,
+        snapshot.treatment.units.units,
+        snapshot.treatment_percent / 100,
+    )
+    series = [
+        Point(
+            t=d.at,
+            share=d.share,
+            action=d.action,
+            control=d.primary.control.value if d.primary and d.primary.control else None,
+            treatment=d.primary.treatment.value if d.primary and d.primary.treatment else None,
+            low=d.primary.test.interval.low if d.primary and d.primary.test.interval else None,
+            high=d.primary.test.interval.high if d.primary and d.primary.test.interval else None,
+            guardrails={
+                g.metric: g.test.difference
+                for g in d.guardrails
+                if g.test.difference is not None and not g.relative
+            },
+        )
+        for d in decisions
+    ]
+    return Report(
+        experiment=snapshot.experiment,
+        route=snapshot.route,
+        state=str(experiment.get("state", "")),
+        treatment_percent=snapshot.treatment_percent,
+        control_model=str(experiment.get("control", {}).get("model", "")),
+        treatment_model=str(experiment.get("treatment", {}).get("model", "")),
+        generated_at=now,
+        policy=policy,
+        units={
+            "control": snapshot.control.units.units,
+            "treatment": snapshot.treatment.units.units,
+        },
+        requests={
+            "control": snapshot.control.totals.requests,
+            "treatment": snapshot.treatment.totals.requests,
+        },
+        latency_p95_ms={
+            "control": latency_quantile(snapshot.control.totals),
+            "treatment": latency_quantile(snapshot.treatment.totals),
+        },
+        metrics=rows,
+        srm=srm,
+        decisions=[d for d in decisions if d.action != "hold"],
+        series=series,
+        audit=audit,
+    )
+
+
+# -- HTML -------------------------------------------------------------------------------------
+
+CONTROL, TREATMENT, SHARE, BAND = "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e"
+_W, _H, _PAD = 860, 240, 48
+
+
+def _fmt(v: float | None, digits: int = 4) -> str:
+    return "–" if v is None else f"{v:.{digits}g}"
+
+
+def _when(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _chart(
+    title: str,
+    series: list[tuple[str, str, list[tuple[float, float]]]],
+    band: list[tuple[float, float, float]] | None = None,
+    hline: float | None = None,
+    step: bool = False,
+) -> str:
+    """An SVG line chart: series = (label, colour, [(x, y)]); band = [(x, low, high)]."""
+    xs = [x for _, _, pts in series for x, _ in pts] + [x for x, _, _ in band or []]
+    ys = [y for _, _, pts in series for _, y in pts]
+    ys += [v for _, lo, hi in band or [] for v in (lo, hi)] + ([hline] if hline is not None else [])
+    if not xs or not ys:
+        return f'<div class="chart empty"><h3>{html.escape(title)}</h3><p>no data yet</p></div>'
+    x0, x1 = min(xs), max(xs)
+    y0, y1 = min(ys), max(ys)
+    if x1 == x0:
+        x1 = x0 + 1
+    if y1 == y0:
+        y0, y1 = y0 - 1e-9 - abs(y0) * 0.05, y1 + 1e-9 + abs(y1) * 0.05
+    pad_y = (y1 - y0) * 0.08
+    y0, y1 = y0 - pad_y, y1 + pad_y
+
+    def px(x: float) -> float:
+        return _PAD + (x - x0) / (x1 - x0) * (_W - 2 * _PAD)
+
+    def py(y: float) -> float:
+        return _H - _PAD + (y0 - y) / (y1 - y0) * (_H - 2 * _PAD) + 0.0
+
+    parts = [
+        f'<svg viewBox="0 0 {_W} {_H}" width="{_W}" height="{_H}" role="img">',
+        f'<rect x="{_PAD}" y="{_PAD / 2}" width="{_W - 2 * _PAD}" '
+        f'height="{_H - 1.5 * _PAD}" fill="#fafafa" stroke="#ddd"/>',
+    ]
+    for frac in (0.0, 0.5, 1.0):
+        yv = y0 + pad_y + frac * (y1 - y0 - 2 * pad_y)
+        parts.append(f'<text x="4" y="{py(yv) + 4:.1f}" font-size="11">{_fmt(yv, 3)}</text>')
+    if band:
+        upper = " ".join(f"{px(x):.1f},{py(hi):.1f}" for x, _, hi in band)
+        lower = " ".join(f"{px(x):.1f},{py(lo):.1f}" for x, lo, _ in reversed(band))
+        parts.append(f'<polygon points="{upper} {lower}" fill="{BAND}" fill-opacity="0.35"/>')
+    if hline is not None:
+        parts.append(
+            f'<line x1="{_PAD}" x2="{_W - _PAD}" y1="{py(hline):.1f}" '
+            f'y2="{py(hline):.1f}" stroke="#555" stroke-dasharray="4 3"/>'
+        )
+    for i, (label, colour, pts) in enumerate(series):
+        if not pts:
+            continue
+        coords: list[str] = []
+        for j, (x, y) in enumerate(pts):
+            if step and j:
+                coords.append(f"{px(x):.1f},{py(pts[j - 1][1]):.1f}")
+            coords.append(f"{px(x):.1f},{py(y):.1f}")
+        parts.append(
+            f'<polyline points="{" ".join(coords)}" fill="none" stroke="{colour}" '
+            f'stroke-width="3"/>'
+        )
+        parts.append(
+            f'<text x="{_PAD + 8 + 150 * i}" y="{_H - 10}" font-size="12" '
+            f'fill="{colour}">■ {html.escape(label)}</text>'
+        )
+    parts.append("</svg>")
+    return f'<div class="chart"><h3>{html.escape(title)}</h3>{"".join(parts)}</div>'
+
+
+def render_html(report: Report) -> str:
+    r = report
+    s = r.series
+    share_chart = _chart(
+        "Treatment share (%)", [("share", SHARE, [(p.t, p.share) for p in s])], step=True
+    )
+    primary_chart = _chart(
+        f"{r.policy.primary_metric} per arm",
+        [
+            ("control", CONTROL, [(p.t, p.control) for p in s if p.control is not None]),
+            ("treatment", TREATMENT, [(p.t, p.treatment) for p in s if p.treatment is not None]),
+        ],
+    )
+    diff_chart = _chart(
+        f"{r.policy.primary_metric}: treatment − control, always-valid 95 % interval",
+        [
+            (
+                "difference",
+                TREATMENT,
+                [
+                    ((p.t), (p.low + p.high) / 2)
+                    for p in s
+                    if p.low is not None and p.high is not None
+                ],
+            )
+        ],
+        band=[(p.t, p.low, p.high) for p in s if p.low is not None and p.high is not None],
+        hline=0.0,
+    )
+    guard_names = sorted({g for p in s for g in p.guardrails})
+    palette = [TREATMENT, CONTROL, SHARE, "#9467bd", "#8c564b"]
+    guard_chart = _chart(
+        "Guardrails: treatment − control",
+        [
+            (g, palette[i % len(palette)], [(p.t, p.guardrails[g]) for p in s if g in p.guardrails])
+            for i, g in enumerate(guard_names)
+        ],
+        hline=0.0,
+    )
+    rows = "".join(
+        f"<tr class='{m.role}'><td>{html.escape(m.metric)}</td><td>{m.role}</td>"
+        f"<td>{_fmt(m.control)}</td><td>{_fmt(m.treatment)}</td><td>{_fmt(m.difference)}</td>"
+        f"<td>{_iv(m.always_valid)}</td><td>{_iv(m.fixed_horizon)}</td>"
+        f"<td>{_fmt(m.p_value, 3)}</td><td><b>{html.escape(m.verdict)}</b></td>"
+        f"<td class='note'>{html.escape(m.note)}</td></tr>"
+        for m in r.metrics
+    )
+    decisions = (
+        "".join(
+            f"<tr><td>{_when(d.at)}</td><td>{d.action}</td><td>{d.share:g} %</td>"
+            f"<td>{html.escape('; '.join(d.reasons))}</td></tr>"
+            for d in r.decisions
+        )
+        or "<tr><td colspan='4'>none yet</td></tr>"
+    )
+    audit = "".join(
+        f"<tr><td>{_when(float(a.get('ts', 0)))}</td><td>{html.escape(str(a.get('actor')))}</td>"
+        f"<td>{html.escape(str(a.get('action')))}</td><td>{html.escape(str(a.get('reason')))}</td></tr>"
+        for a in r.audit
+    )
+    srm = r.srm
+    srm_text = (
+        f"{srm.treatment_units} of {srm.control_units + srm.treatment_units} units in treatment "
+        f"({_fmt(srm.observed_share, 3)}) vs {srm.expected_share:.2%} expected: "
+        f"p = {_fmt(srm.p_value, 3)} — {'MISMATCH' if srm.mismatch else 'ok'}"
+        if srm.status == "ok"
+        else f"insufficient data ({html.escape(srm.reason)})"
+    )
+    p95 = r.latency_p95_ms
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<title>abgate report: {html.escape(r.experiment)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 24px; color: #222; max-width: 1100px; }}
+table {{ border-collapse: collapse; margin: 8px 0 24px; font-size: 13px; }}
+td, th {{ border: 1px solid #ddd; padding: 4px 8px; text-align: left; vertical-align: top; }}
+tr.primary {{ background: #eef5ff; }} td.note {{ color: #666; max-width: 340px; }}
+.chart {{ margin: 8px 0 20px; }} .chart h3 {{ margin: 4px 0; font-size: 15px; }}
+</style></head><body>
+<h1>{html.escape(r.experiment)} <small>({html.escape(r.state)})</small></h1>
+<p>Route <b>{html.escape(r.route)}</b>: control <code>{html.escape(r.control_model)}</code>,
+treatment <code>{html.escape(r.treatment_model)}</code> at <b>{r.treatment_percent:g} %</b>.
+Units: {r.units["control"]} control, {r.units["treatment"]} treatment; requests:
+{r.requests["control"]} / {r.requests["treatment"]}; p95 latency (log-normal approximation):
+{_fmt(p95.get("control"))} / {_fmt(p95.get("treatment"))} ms.
+Generated {_when(r.generated_at)} UTC.</p>
+<h2>Metrics</h2>
+<table><tr><th>metric</th><th>role</th><th>control</th><th>treatment</th><th>difference</th>
+<th>always-valid 95 % CI</th><th>fixed-horizon 95 % CI</th><th>p (fixed)</th><th>verdict</th>
+<th>note</th></tr>{rows}</table>
+<h2>Sample ratio</h2><p>{srm_text}</p>
+<h2>Over time</h2>
+{share_chart}{primary_chart}{diff_chart}{guard_chart}
+<h2>Decisions</h2>
+<table><tr><th>time (UTC)</th><th>action</th><th>share</th><th>why</th></tr>{decisions}</table>
+<h2>Audit</h2>
+<table><tr><th>time (UTC)</th><th>actor</th><th>action</th><th>reason</th></tr>{audit}</table>
+</body></html>
+"""
+
+
+def _margin(g: GuardrailResult) -> str:
+    return f"margin {g.margin:.0%} relative" if g.relative else f"margin +{g.margin:g}"
+
+
+def _iv(interval: Interval | None) -> str:
+    return "–" if interval is None else f"[{interval.low:.4g}, {interval.high:.4g}]"

@@ -1,0 +1,213 @@
+"""`abgate controller`: evaluates every running experiment and applies the policy's decisions.
+
+Any number of controller processes may run; one is the leader, by a Redis lock with a TTL
+(`abgate:controller:leader`, renewed every third of the TTL). A standby takes over within one
+TTL when the leader dies. Decisions go through the same store path as the admin API (actor
+`controller`), guarded by the lock inside the transaction and by the experiment's version, so a
+deposed leader cannot apply anything and no decision is applied twice. Manual actions win: only
+`running` experiments are evaluated, so a paused experiment is not advanced and a rollback is
+final.
+
+Per experiment the controller keeps its ramp step in ``abgate:{<exp>}:ctl`` (share, start time,
+unit counts at the start) and appends every evaluation to ``abgate:{<exp>}:decisions``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+
+import orjson
+import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from redis.exceptions import RedisError
+
+from analysis.policy import decide
+from analysis.types import Decision, StepState
+from router.changes import apply_change
+from router.errors import GatewayError
+from router.experiments import Experiment
+from router.lifecycle import transition
+from router.readmodel import read_snapshot
+from router.store import ConfigStore, GuardLost
+
+logger = logging.getLogger(__name__)
+
+LOCK_KEY = "abgate:controller:leader"
+DECISIONS_MAXLEN = 5000
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def decisions_key(name: str) -> str:
+    return f"abgate:{{{name}}}:decisions"
+
+
+def step_key(name: str) -> str:
+    return f"abgate:{{{name}}}:ctl"
+
+
+class ControllerMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.leader = Gauge(
+            "abgate_controller_leader", "1 while this controller holds the lock.", registry=registry
+        )
+        self.decisions = Counter(
+            "abgate_controller_decisions_total",
+            "Decisions applied, by action.",
+            ["experiment", "action"],
+            registry=registry,
+        )
+        self.evaluations = Counter(
+            "abgate_controller_evaluations_total", "Experiment evaluations.", registry=registry
+        )
+        self.errors = Counter(
+            "abgate_controller_errors_total", "Failed evaluations or lock renewals.",
+            registry=registry,
+        )  # fmt: skip
+
+
+class Controller:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        *,
+        lock_ttl: float = 10.0,
+        tick: float = 1.0,
+        registry: CollectorRegistry | None = None,
+        identity: str | None = None,
+    ) -> None:
+        self.redis = redis
+        self.store = ConfigStore(redis)
+        self.lock_ttl = lock_ttl
+        self.tick = tick
+        self.identity = identity or f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
+        self.metrics = ControllerMetrics(registry or CollectorRegistry())
+        self.is_leader = False
+        self._renew = redis.register_script(_RENEW)
+        self._release = redis.register_script(_RELEASE)
+        self._last_eval: dict[str, float] = {}
+
+    async def run(self, stop: asyncio.Event) -> None:
+        logger.info("controller %s started (lock TTL %.1f s)", self.identity, self.lock_ttl)
+        try:
+            while not stop.is_set():
+                try:
+                    await self._hold_lock()
+                    if self.is_leader:
+                        await self.evaluate_all()
+                except RedisError as exc:
+                    self.metrics.errors.inc()
+                    self._set_leader(False)
+                    logger.warning("Redis unreachable: %s", exc)
+                except Exception:
+                    self.metrics.errors.inc()
+                    logger.exception("controller loop failed")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), min(self.tick, self.lock_ttl / 3))
+        finally:
+            if self.is_leader:
+                with contextlib.suppress(RedisError):
+                    await self._release(keys=[LOCK_KEY], args=[self.identity])
+                self._set_leader(False)
+            logger.info("controller %s stopped", self.identity)
+
+    def _set_leader(self, leader: bool) -> None:
+        if leader != self.is_leader:
+            logger.info(
+                "controller %s %s", self.identity, "is the leader" if leader else "stands by"
+            )
+        self.is_leader = leader
+        self.metrics.leader.set(1 if leader else 0)
+
+    async def _hold_lock(self) -> None:
+        ttl_ms = int(self.lock_ttl * 1000)
+        if self.is_leader and await self._renew(keys=[LOCK_KEY], args=[self.identity, ttl_ms]):
+            return
+        got = await self.redis.set(LOCK_KEY, self.identity, nx=True, px=ttl_ms)
+        self._set_leader(bool(got))
+
+    async def evaluate_all(self, now: float | None = None) -> list[Decision]:
+        doc = await self.store.load()
+        out: list[Decision] = []
+        for exp in doc.experiments.values():
+            if exp.state != "running" or not exp.policy.auto:
+                continue
+            t = time.time() if now is None else now
+            if t - self._last_eval.get(exp.name, 0.0) < exp.policy.interval_seconds:
+                continue
+            self._last_eval[exp.name] = t
+            decision = await self.evaluate(exp, t)
+            if decision is not None:
+                out.append(decision)
+        return out
+
+    async def evaluate(self, exp: Experiment, now: float) -> Decision | None:
+        self.metrics.evaluations.inc()
+        snapshot = await read_snapshot(self.redis, exp, now=now)
+        step = await self._step(exp, snapshot.control.units.units,
+                                snapshot.treatment.units.units, snapshot.treatment.units.moved_in,
+                                now)  # fmt: skip
+        decision = decide(exp.policy, snapshot, step, now, exp.ramp_steps)
+        await self.redis.xadd(
+            decisions_key(exp.name),
+            {"json": decision.model_dump_json()},
+            maxlen=DECISIONS_MAXLEN,
+            approximate=True,
+        )
+        if decision.action == "hold":
+            return decision
+        reason = "; ".join(decision.reasons)
+
+        def fn(current: Experiment | None, _: dict[str, Experiment]) -> Experiment:
+            if current is None:
+                raise GatewayError("the experiment was deleted")
+            return transition(current, decision.action, reason)  # type: ignore[arg-type]
+
+        try:
+            await apply_change(
+                self.store, exp.name, fn, actor="controller", action=decision.action,
+                reason=reason, if_match=exp.version, guard=(LOCK_KEY, self.identity),
+            )  # fmt: skip
+        except GuardLost:
+            self._set_leader(False)
+            logger.warning("lost the lock before applying %s to %s", decision.action, exp.name)
+            return None
+        except GatewayError as exc:
+            # a manual change or another decision got there first: re-evaluate next time
+            logger.info("not applying %s to %s: %s", decision.action, exp.name, exc.message)
+            return None
+        self.metrics.decisions.labels(exp.name, decision.action).inc()
+        logger.info("%s %s: %s", decision.action, exp.name, reason)
+        return decision
+
+    async def _step(
+        self, exp: Experiment, c_units: int, t_units: int, moved: int, now: float
+    ) -> StepState:
+        key = step_key(exp.name)
+        raw = await self.redis.get(key)
+        if raw is not None:
+            step = StepState.model_validate(orjson.loads(raw))
+            if step.share == exp.treatment_percent:
+                return step
+        step = StepState(
+            share=exp.treatment_percent,
+            started_at=now,
+            control_units_at_start=c_units if raw is not None else 0,
+            treatment_units_at_start=t_units if raw is not None else 0,
+            moved_in_at_start=moved if raw is not None else 0,
+        )
+        await self.redis.set(key, step.model_dump_json())
+        return step
