@@ -1,8 +1,11 @@
-"""`abgate demo`: the whole data plane on embedded defaults, in one command.
+"""`abgate demo`: the whole story on embedded defaults, in a few minutes.
 
-Starts a private Redis, the vLLM emulator with a base model and one LoRA adapter, and a gateway
-with one experiment at 10 %; then a few hundred simulated users talk to the gateway through the
-official `openai` client. It prints what each arm saw, and stops everything it started.
+It starts a private Redis, the vLLM emulator (a base model and two LoRA adapters, one better
+and one worse than the base), a gateway and a controller, all as real processes. Two experiments
+start at 5 % side by side; simulated users talk to the gateway through the official `openai`
+client and give thumbs up or down depending on the answer they get. The controller ramps the
+better adapter up to promotion and rolls the worse one back; a live view shows shares, counts
+and decisions. At the end the HTML reports are written and their paths printed.
 """
 
 from __future__ import annotations
@@ -11,38 +14,44 @@ import asyncio
 import contextlib
 import json
 import os
-import random
+import secrets
 import subprocess
 import sys
 import tempfile
 import time
-from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import httpx
-import redis
 import typer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
 
+from analysis.report import Report, render_html
 from router.embedded_redis import EmbeddedRedis, free_port
+from router.population import Population
 
 BASE_MODEL = "meta-llama/Llama-3.1-8B-Instruct"
-ADAPTER = "support-lora-v2"
-ROUTE = "support-bot"
-EXPERIMENT = "support-v2"
+EXPERIMENTS = (
+    # name, route, adapter, adapter quality (the base answers well 60 % of the time)
+    ("support-v2", "support-bot", "support-lora-v2", 0.85),
+    ("billing-v1", "billing-bot", "billing-lora-v1", 0.35),
+)
 
 
 def register(app: typer.Typer) -> None:
     @app.command("demo")
     def demo(
-        users: Annotated[int, typer.Option(min=1, help="simulated users")] = 300,
-        percent: Annotated[float, typer.Option(min=0, max=100, help="treatment share, %")] = 10.0,
-        seed: Annotated[int, typer.Option(help="seed of the simulated users")] = 7,
-        concurrency: Annotated[int, typer.Option(min=1, help="requests in flight")] = 16,
+        short: Annotated[bool, typer.Option(help="faster steps and fewer users (CI)")] = False,
+        reports: Annotated[Path, typer.Option(help="directory for the HTML reports")] = Path(
+            "demo-reports"
+        ),
+        timeout: Annotated[float, typer.Option(help="give up after this many seconds")] = 300,
     ) -> None:
-        """Run the whole system locally with simulated users, print per-arm figures, exit."""
-        raise typer.Exit(run(users, percent, seed, concurrency))
+        """Run the whole system locally: two experiments, a controller, simulated users."""
+        raise typer.Exit(run(short=short, reports=reports, timeout=timeout))
 
 
 @contextlib.contextmanager
@@ -72,152 +81,198 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: floa
     raise RuntimeError(f"{url} did not become ready in {timeout}s")
 
 
-async def _simulate(gateway: str, users: int, seed: int, concurrency: int) -> dict[str, set[str]]:
-    import openai
-
-    rng = random.Random(seed)
-    arms_of: dict[str, set[str]] = defaultdict(set)
-    sem = asyncio.Semaphore(concurrency)
-    questions = [
-        "My order has not arrived, what can I do?",
-        "How do I reset my password?",
-        "Can I change the delivery address after ordering?",
-        "Why was my card charged twice?",
+def _experiments(emulator: str, short: bool) -> list[dict[str, Any]]:
+    policy = {
+        "min_units_per_arm": 15 if short else 40,
+        "min_step_seconds": 1.0 if short else 4.0,
+        "interval_seconds": 0.5,
+        "guardrails": [
+            {"metric": "error_rate", "margin": 0.02},
+            {"metric": "escalation_rate", "margin": 0.02},
+        ],
+    }
+    return [
+        {
+            "name": name,
+            "route": route,
+            "description": f"{adapter} vs the base model",
+            "control": {
+                "base_url": emulator,
+                "model": BASE_MODEL,
+                "prompt_price_per_million": 0.1,
+                "completion_price_per_million": 0.4,
+            },
+            "treatment": {
+                "base_url": emulator,
+                "model": adapter,
+                "prompt_price_per_million": 0.1,
+                "completion_price_per_million": 0.4,
+            },
+            "treatment_percent": 5,
+            "policy": policy,
+        }
+        for name, route, adapter, _ in EXPERIMENTS
     ]
-    async with openai.AsyncOpenAI(base_url=gateway + "/v1", api_key="demo-key") as client:
-
-        async def user(uid: str, n: int, stream: bool) -> None:
-            for _ in range(n):
-                async with sem:
-                    messages = [{"role": "user", "content": rng.choice(questions)}]
-                    if stream:
-                        sraw = await client.chat.completions.with_raw_response.create(
-                            model=ROUTE, messages=messages,  # type: ignore[arg-type]
-                            stream=True, extra_headers={"X-User-Id": uid},
-                        )  # fmt: skip
-                        async for _chunk in sraw.parse():  # type: ignore[union-attr]
-                            pass
-                        arm = sraw.headers.get("x-abgate-arm", "?")
-                    else:
-                        raw = await client.chat.completions.with_raw_response.create(
-                            model=ROUTE, messages=messages,  # type: ignore[arg-type]
-                            max_tokens=48, extra_headers={"X-User-Id": uid},
-                        )  # fmt: skip
-                        raw.parse()
-                        arm = raw.headers.get("x-abgate-arm", "?")
-                    arms_of[uid].add(arm)
-
-        await asyncio.gather(
-            *(user(f"user-{i:05d}", 1 + rng.randrange(3), rng.random() < 0.3) for i in range(users))
-        )
-    return arms_of
 
 
-def run(users: int, percent: float, seed: int, concurrency: int) -> int:
+def run(*, short: bool, reports: Path, timeout: float) -> int:
+    console = Console()
+    token = secrets.token_hex(16)
     with (
         tempfile.TemporaryDirectory(prefix="abgate-demo-") as tmp_s,
         EmbeddedRedis(appendonly=False) as rds,
     ):
         tmp = Path(tmp_s)
-        adapter = tmp / "adapters" / ADAPTER
-        adapter.mkdir(parents=True)
-        (adapter / "adapter_config.json").write_text(
-            json.dumps({"peft_type": "LORA", "base_model_name_or_path": BASE_MODEL, "r": 16})
-        )
         emu_port, gw_port = free_port(), free_port()
-        env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
-        config = tmp / "abgate.yaml"
-        config.write_text(
-            json.dumps(  # JSON is YAML
-                {
-                    "experiments": [
-                        {
-                            "name": EXPERIMENT,
-                            "route": ROUTE,
-                            "control": {
-                                "base_url": f"http://127.0.0.1:{emu_port}/v1",
-                                "model": BASE_MODEL,
-                                "prompt_price_per_million": 0.10,
-                                "completion_price_per_million": 0.40,
-                            },
-                            "treatment": {
-                                "base_url": f"http://127.0.0.1:{emu_port}/v1",
-                                "model": ADAPTER,
-                                "prompt_price_per_million": 0.10,
-                                "completion_price_per_million": 0.40,
-                            },
-                            "treatment_percent": percent,
-                        }
-                    ]
-                },
-                indent=2,
-            )
-        )
+        emu_url, gw_url = f"http://127.0.0.1:{emu_port}", f"http://127.0.0.1:{gw_port}"
+        env = {
+            **os.environ,
+            "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
+            "ABGATE_REDIS_URL": rds.url,
+            "ABGATE_ADMIN_TOKEN": token,
+            "ABGATE_LOG_LEVEL": "WARNING",
+            "ABGATE_LOG_FORMAT": "text",
+        }
         emu_cmd = [
-            sys.executable, "-m", "router", "emulate", "--port", str(emu_port),
-            "--base-model", BASE_MODEL, "--lora", f"{ADAPTER}={adapter}",
-            "--ttft-ms", "15", "--tokens-per-second", "400", "--quality", "0.70",
-            "--profile", f"{ADAPTER}:ttft_ms=18,tokens_per_second=380,quality=0.78",
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "router",
+            "emulate",
+            "--port",
+            str(emu_port),
+            "--base-model",
+            BASE_MODEL,
+            "--ttft-ms",
+            "5",
+            "--quality",
+            "0.6",
+        ]
+        for _, _, adapter, quality in EXPERIMENTS:
+            path = tmp / "adapters" / adapter
+            path.mkdir(parents=True)
+            (path / "adapter_config.json").write_text(
+                json.dumps({"peft_type": "LORA", "base_model_name_or_path": BASE_MODEL, "r": 16})
+            )
+            emu_cmd += ["--lora", f"{adapter}={path}", "--profile", f"{adapter}:quality={quality}"]
+        config = tmp / "abgate.yaml"
+        config.write_text(json.dumps({"experiments": _experiments(emu_url + "/v1", short)}))
         gw_cmd = [
-            sys.executable, "-m", "router", "serve", "--config", str(config),
-            "--port", str(gw_port),
-        ]  # fmt: skip
-        gw_env = {**env, "ABGATE_REDIS_URL": rds.url, "ABGATE_LOG_LEVEL": "WARNING"}
-        print(f"redis      {rds.url}")
-        print(f"emulator   http://127.0.0.1:{emu_port}  (base {BASE_MODEL}, adapter {ADAPTER})")
-        print(f"gateway    http://127.0.0.1:{gw_port}  (route {ROUTE}: {percent}% treatment)")
+            sys.executable,
+            "-m",
+            "router",
+            "serve",
+            "--config",
+            str(config),
+            "--port",
+            str(gw_port),
+        ]
+        ctl_cmd = [
+            sys.executable,
+            "-m",
+            "router",
+            "controller",
+            "--tick",
+            "0.25",
+            "--lock-ttl",
+            "3",
+        ]
+        console.print(f"redis       {rds.url}")
+        console.print(
+            f"emulator    {emu_url}  (base {BASE_MODEL}; adapters "
+            + ", ".join(f"{a} quality {q:.0%}" for _, _, a, q in EXPERIMENTS)
+            + ")"
+        )
+        console.print(f"gateway     {gw_url}  (admin token in ABGATE_ADMIN_TOKEN)")
+        console.print("controller  ramps 5 -> 10 -> 25 -> 50 % and promotes, or rolls back\n")
         with (
             _process(emu_cmd, env, tmp / "emulator.log") as emu,
-            _process(gw_cmd, gw_env, tmp / "gateway.log") as gw,
+            _process(gw_cmd, env, tmp / "gateway.log") as gw,
+            _process(ctl_cmd, env, tmp / "controller.log"),
         ):
-            _wait_http(f"http://127.0.0.1:{emu_port}/health", emu, tmp / "emulator.log")
-            _wait_http(f"http://127.0.0.1:{gw_port}/readyz", gw, tmp / "gateway.log")
-            t0 = time.monotonic()
-            arms_of = asyncio.run(
-                _simulate(f"http://127.0.0.1:{gw_port}", users, seed, concurrency)
-            )
-            elapsed = time.monotonic() - t0
-            time.sleep(0.5)  # let the background writer flush
-            _report(rds.url, arms_of, elapsed)
-            sticky = all(len(a) == 1 for a in arms_of.values())
-            print(f"\nevery user stayed on one arm: {'yes' if sticky else 'NO'}")
-            return 0 if sticky else 1
+            _wait_http(emu_url + "/health", emu, tmp / "emulator.log")
+            _wait_http(gw_url + "/readyz", gw, tmp / "gateway.log")
+            outcome = asyncio.run(_drive(console, gw_url, token, short, timeout))
+            return _finish(console, gw_url, token, reports, outcome)
+    return 1  # pragma: no cover
 
 
-def _report(url: str, arms_of: dict[str, set[str]], elapsed: float) -> None:
-    client = redis.Redis.from_url(url, decode_responses=True)
-    try:
-        users: dict[str, int] = defaultdict(int)
-        for arms in arms_of.values():
-            for arm in arms:
-                users[arm] += 1
-        total_users = sum(users.values()) or 1
-        print(f"\n{len(arms_of)} users, finished in {elapsed:.1f}s\n")
-        head = ("arm", "users", "user share", "requests", "errors", "mean latency",
-                "mean TTFT", "tokens/request", "cost")  # fmt: skip
-        rows = [head]
-        for arm in ("control", "treatment"):
-            agg = client.hgetall(f"abgate:{{{EXPERIMENT}}}:arm:{arm}")
-            n = int(agg.get("requests", 0))
-            ttft_n = int(agg.get("ttft_count", 0))
-            rows.append(
-                (
-                    arm,
-                    str(users[arm]),
-                    f"{100 * users[arm] / total_users:.1f}%",
-                    str(n),
-                    str(agg.get("errors", "0")),
-                    f"{float(agg.get('latency_ms_sum', 0)) / n:.1f} ms" if n else "-",
-                    f"{float(agg.get('ttft_ms_sum', 0)) / ttft_n:.1f} ms" if ttft_n else "-",
-                    f"{int(agg.get('completion_tokens', 0)) / n:.1f}" if n else "-",
-                    f"${float(agg.get('cost_usd', 0)):.6f}",
-                )
-            )
-        widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-        for i, row in enumerate(rows):
-            print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
-            if i == 0:
-                print("  ".join("-" * w for w in widths))
-    finally:
-        client.close()
+async def _drive(
+    console: Console, gw_url: str, token: str, short: bool, budget: float
+) -> dict[str, str]:
+    population = Population(gw_url, seed=7, requests_per_user=2)
+    routes = [route for _, route, _, _ in EXPERIMENTS]
+    auth = {"Authorization": f"Bearer {token}"}
+    states: dict[str, str] = {}
+    deadline = time.monotonic() + budget
+    async with httpx.AsyncClient(base_url=gw_url, headers=auth, timeout=10) as admin:
+        with Live(console=console, refresh_per_second=4) as live:
+            while time.monotonic() < deadline:
+                await population.run(routes, 30 if short else 40, concurrency=8)
+                data = (await admin.get("/admin/experiments")).json()
+                live.update(_view(data, population))
+                states = {
+                    s["experiment"]["name"]: s["experiment"]["state"] for s in data["experiments"]
+                }
+                if all(s in ("promoted", "rolled_back", "paused") for s in states.values()):
+                    break
+    if population.stats.errors:
+        console.print(
+            f"[red]{len(population.stats.errors)} client errors[/red], e.g. "
+            f"{population.stats.errors[0]}"
+        )
+    return states
+
+
+def _view(data: dict[str, Any], population: Population) -> Table:
+    table = Table(title=f"abgate demo: {population.stats.users} simulated users so far")
+    for col in (
+        "experiment",
+        "route",
+        "state",
+        "treatment share",
+        "requests c/t",
+        "thumbs-up c/t",
+        "last change",
+    ):
+        table.add_column(col)
+    for s in data["experiments"]:
+        e = s["experiment"]
+        route = e["route"]
+        req = {a: population.stats.requests[(route, a)] for a in ("control", "treatment")}
+        up = {a: population.stats.thumbs_up[(route, a)] for a in ("control", "treatment")}
+        rate = {a: f"{up[a] / req[a]:.0%}" if req[a] else "-" for a in req}
+        table.add_row(
+            e["name"],
+            route,
+            e["state"],
+            f"{e['treatment_percent']:g}%",
+            f"{req['control']}/{req['treatment']}",
+            f"{rate['control']}/{rate['treatment']}",
+            e["state_reason"][:70],
+        )
+    return table
+
+
+def _finish(
+    console: Console, gw_url: str, token: str, reports: Path, states: dict[str, str]
+) -> int:
+    reports.mkdir(parents=True, exist_ok=True)
+    auth = {"Authorization": f"Bearer {token}"}
+    for name, _, _, _ in EXPERIMENTS:
+        data = httpx.get(f"{gw_url}/admin/experiments/{name}/report", headers=auth, timeout=30)
+        report = Report.model_validate(data.json())
+        path = reports / f"{name}.html"
+        part = path.with_name(path.name + ".part")
+        part.write_text(render_html(report), encoding="utf-8")
+        part.replace(path)
+        console.print(f"{name}: {states.get(name, '?')} -> report {path.resolve()}")
+        for d in report.decisions:
+            console.print(f"    {d.action} at {d.share:g}%: {d.reasons[0][:110]}", markup=False)
+    expected = {"support-v2": "promoted", "billing-v1": "rolled_back"}
+    ok = all(states.get(k) == v for k, v in expected.items())
+    console.print(
+        "\nthe better adapter was promoted and the worse one rolled back"
+        if ok
+        else f"\n[red]unexpected end states: {states}[/red]"
+    )
+    return 0 if ok else 1

@@ -9,6 +9,7 @@ import asyncio
 import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -187,3 +188,60 @@ def test_one_leader_and_handover(system: dict[str, Any]) -> None:
     transitions = [((e["before"] or {}).get("treatment_percent"), e["action"]) for e in entries]
     assert len(transitions) == len(set(transitions)), transitions  # nothing applied twice
     assert [a for _, a in transitions] == ["advance", "advance", "advance", "promote"]
+
+
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--hide-scrollbars", "--window-size=1200,2600",
+]  # fmt: skip
+
+
+def _count_near(img: Any, rgb: tuple[int, int, int], tol: int = 40) -> int:
+    import numpy as np
+
+    pixels = np.asarray(img, dtype=np.int16)
+    return int((np.abs(pixels - np.array(rgb, dtype=np.int16)) < tol).all(axis=-1).sum())
+
+
+def test_html_report_renders_with_charts(system: dict[str, Any], tmp_path: Path) -> None:
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from tests.procs import ROOT, base_env
+
+    gw = system["gw"]
+    if httpx.get(gw.url + "/admin/experiments/better", headers=AUTH).status_code != 200:
+        pytest.skip("runs after the end-to-end test that creates the 'better' experiment")
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        if os.environ.get("CI") == "true":
+            raise AssertionError("chromium is required in CI (.ci/run installs it)")
+        pytest.skip("chromium is not installed")
+    page = tmp_path / "report.html"
+    out = subprocess.run(
+        [sys.executable, "-m", "router", "report", "better", "--url", gw.url, "--token", TOKEN,
+         "--html", str(page)],
+        env=base_env(COLUMNS="200"), cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "thumbs_up_rate" in out.stdout and "better" in out.stdout
+    text = page.read_text()
+    assert "<script" not in text and "http://" not in text.replace(gw.url, "")  # offline
+    shot = tmp_path / "shot.png"
+    subprocess.run(
+        [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
+         f"--screenshot={shot}", page.as_uri()],
+        capture_output=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert shot.exists(), "chromium wrote no screenshot"
+    img = Image.open(shot).convert("RGB")
+    # every chart drew its series: the share line, both arms, the interval band
+    assert _count_near(img, (0x2C, 0xA0, 0x2C)) > 300  # share (green)
+    assert _count_near(img, (0x1F, 0x77, 0xB4)) > 300  # control (blue)
+    assert _count_near(img, (0xD6, 0x27, 0x28)) > 300  # treatment (red)
+    assert _count_near(img, (0xFD, 0xCB, 0x9C), tol=25) > 300  # interval band (orange, 35 %)
