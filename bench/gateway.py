@@ -23,28 +23,22 @@ import os
 import platform
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 
 from bench import loadgen
-from bench.loadgen import LoadResult, StreamResult
+from bench.harness import BenchError, Proc, http, spawn, wait_ready
+from bench.measure import NOISE_CORES, STREAM_CHUNKS, Figures, Measurer, Target
+from bench.nginx import nginx_version, start_nginx
+from bench.procstat import CpuWindow, affinity_summary, format_speed, redis_pids, speed_check
+from bench.report import print_report
 
-TARGET_RPS = 5000.0
-TARGET_ADDED_P50_MS = 0.5
-TARGET_ADDED_P99_MS = 1.5
 EXPERIMENT = "bench"
 ROUTE = "support-bot"
-STREAM_CHUNKS = 50
-PACED_DELAY_MS = 1.0
-NOISE_CORES = 0.1  # other processes' CPU use (in cores) above which a run is flagged noisy
 
 QUESTION = "How do I reset my password?"
 
@@ -71,247 +65,6 @@ def request_body(stream: bool, prompt_bytes: int = 0) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode()
 
 
-_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
-_REPO = Path(__file__).resolve().parent.parent
-
-
-class BenchError(RuntimeError):
-    pass
-
-
-# -- processes --------------------------------------------------------------------------------
-
-
-class Proc:
-    """A child process started by the bench, with its output in a log file."""
-
-    def __init__(self, name: str, popen: subprocess.Popen[bytes], log: Path | None) -> None:
-        self.name = name
-        self.popen = popen
-        self.log = log
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def stop(self, timeout: float = 8.0) -> None:
-        if self.popen.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            self.popen.send_signal(signal.SIGTERM)
-        try:
-            self.popen.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                self.popen.kill()
-            self.popen.wait(timeout=5)
-
-    def tail(self, lines: int = 30) -> str:
-        if self.log is None or not self.log.exists():
-            return ""
-        text = self.log.read_text(errors="replace").splitlines()
-        return "\n".join(text[-lines:])
-
-
-def spawn(
-    name: str,
-    cmd: list[str],
-    *,
-    cpu: int | None,
-    log: Path,
-    env: dict[str, str] | None = None,
-    procs: list[Proc],
-) -> Proc:
-    with log.open("wb") as out:
-        popen = loadgen.popen_on_cpu(
-            cmd, cpu, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-            cwd=_REPO,
-        )  # fmt: skip
-    proc = Proc(name, popen, log)
-    procs.append(proc)
-    return proc
-
-
-def tree_pids(pid: int) -> list[int]:
-    """`pid` and its descendants (nginx master and workers, for example)."""
-    out = [pid]
-    i = 0
-    while i < len(out):
-        task_dir = Path(f"/proc/{out[i]}/task")
-        with contextlib.suppress(OSError):
-            for task in task_dir.iterdir():
-                with contextlib.suppress(OSError):
-                    out.extend(int(c) for c in (task / "children").read_text().split())
-        i += 1
-    return out
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """utime + stime of these processes (all their threads), from /proc/<pid>/stat."""
-    total = 0
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            stat = Path(f"/proc/{pid}/stat").read_text()
-            fields = stat[stat.rindex(")") + 2 :].split()
-            total += int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
-    return total / _CLK_TCK
-
-
-def rss_mib(pids: list[int]) -> float:
-    kib = 0
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    kib += int(line.split()[1])
-    return kib / 1024.0
-
-
-def affinity_summary(pid: int, tree: bool = True) -> str:
-    """The CPUs of every thread of the process (and its descendants), e.g. 'cpu 0 (5 threads)'."""
-    seen: dict[str, int] = {}
-    for p in tree_pids(pid) if tree else [pid]:
-        with contextlib.suppress(OSError):
-            for task in Path(f"/proc/{p}/task").iterdir():
-                with contextlib.suppress(OSError):
-                    cpus = sorted(os.sched_getaffinity(int(task.name)))
-                    key = ",".join(map(str, cpus))
-                    seen[key] = seen.get(key, 0) + 1
-    return "; ".join(f"cpu {k} ({n} threads)" for k, n in seen.items()) or "?"
-
-
-def redis_pids(port: int) -> list[int]:
-    """The redis-server child of this driver that listens on `port` (started by EmbeddedRedis)."""
-    found = []
-    for pid in tree_pids(os.getpid())[1:]:
-        with contextlib.suppress(OSError):
-            # redis-server rewrites its title to "redis-server 127.0.0.1:PORT".
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-            if b"redis-server" in cmd and f":{port}".encode() in cmd:
-                found.append(pid)
-    return found
-
-
-def cpu_times() -> dict[str, tuple[int, int, int]]:
-    """Per-CPU jiffies from /proc/stat: (busy incl. irq/softirq, user+nice+system, total)."""
-    out: dict[str, tuple[int, int, int]] = {}
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/stat").read_text().splitlines():
-            if line.startswith("cpu") and line[3:4].isdigit():
-                name, *vals = line.split()
-                nums = [int(v) for v in vals[:8]]
-                total = sum(nums)
-                out[name] = (total - nums[3] - nums[4], nums[0] + nums[1] + nums[2], total)
-    return out
-
-
-def own_cpu_seconds() -> float:
-    """CPU of this driver, its live descendants, and its reaped children (wrk runs)."""
-    total = cpu_seconds(tree_pids(os.getpid()))
-    with contextlib.suppress(OSError):
-        stat = Path("/proc/self/stat").read_text()
-        fields = stat[stat.rindex(")") + 2 :].split()
-        total += (int(fields[13]) + int(fields[14])) / _CLK_TCK  # cutime, cstime
-    return total
-
-
-def _spin(n: int) -> int:
-    total = 0
-    for i in range(n):
-        total += i * i % 7
-    return total
-
-
-def speed_check(cpus: list[int | None]) -> dict[int | None, float]:
-    """Milliseconds of a fixed pure-Python loop on each CPU (best of 5): a speed index to compare
-    runs with (a shared or virtual machine's cores get slower and faster between runs)."""
-    out: dict[int | None, float] = {}
-    for cpu in cpus:
-        with loadgen.on_cpu(cpu):
-            best = float("inf")
-            for _ in range(5):
-                t0 = time.perf_counter()
-                _spin(200_000)
-                best = min(best, time.perf_counter() - t0)
-        out[cpu] = best * 1e3
-    return out
-
-
-def format_speed(speed: dict[int | None, float]) -> str:
-    return ", ".join(
-        f"{'cpu ' + str(cpu) if cpu is not None else 'unpinned'} {ms:.2f} ms"
-        for cpu, ms in speed.items()
-    )
-
-
-class CpuWindow:
-    """CPU use over one run: each CPU's busy share, and how much of a core processes outside
-    this benchmark (another test run, say) used meanwhile, which makes the figures noisy."""
-
-    def __init__(self) -> None:
-        self._t0 = time.monotonic()
-        self._stat0 = cpu_times()
-        self._ours0 = own_cpu_seconds()
-        self.per_cpu = ""
-        self.others = 0.0  # in cores
-
-    def close(self) -> CpuWindow:
-        wall = max(1e-9, time.monotonic() - self._t0)
-        stat1 = cpu_times()
-        ours = own_cpu_seconds() - self._ours0
-        parts = []
-        proc_busy = 0
-        for name in sorted(stat1):
-            if name in self._stat0:
-                before, after = self._stat0[name], stat1[name]
-                busy, user_sys, total = (after[i] - before[i] for i in range(3))
-                proc_busy += user_sys
-                if total > 0:
-                    parts.append(f"{name} {100.0 * busy / total:.0f}%")
-        self.per_cpu = ", ".join(parts)
-        self.others = max(0.0, (proc_busy / _CLK_TCK - ours) / wall)
-        return self
-
-    def summary(self) -> str:
-        return f"{self.per_cpu}; others {100 * self.others:.0f}%"
-
-
-# -- HTTP helpers -----------------------------------------------------------------------------
-
-
-def http(
-    url: str, body: bytes | None = None, headers: dict[str, str] | None = None, timeout: float = 5
-) -> tuple[int, dict[str, str], bytes]:
-    loadgen.check_loopback(url)
-    req = urllib.request.Request(url, data=body, headers=headers or {})
-    try:
-        with _NO_PROXY.open(req, timeout=timeout) as resp:
-            return resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, {k.lower(): v for k, v in exc.headers.items()}, exc.read()
-
-
-def wait_ready(url: str, proc: Proc, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    last = ""
-    while time.monotonic() < deadline:
-        if not proc.alive():
-            raise BenchError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.tail()}")
-        try:
-            status, _, body = http(url, timeout=1)
-            if status == 200:
-                return
-            last = f"HTTP {status}: {body[:200]!r}"
-        except OSError as exc:
-            last = str(exc)
-        time.sleep(0.05)
-    raise BenchError(f"{proc.name} not ready at {url} after {timeout}s ({last}):\n{proc.tail()}")
-
-
 def gateway_served(base: str) -> int:
     """Requests the gateway proxied, from its abgate_requests_total counter."""
     _, _, body = http(base + "/metrics")
@@ -336,94 +89,6 @@ def events_recorded(redis_url: str) -> int:
         client.close()
 
 
-# -- nginx ------------------------------------------------------------------------------------
-
-_NGINX_CONF = """# generated by bench/gateway.py
-worker_processes 1;
-error_log {tmp}/error.log warn;
-pid {tmp}/nginx.pid;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {tmp}/client_body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-    keepalive_requests 10000000;
-    keepalive_timeout 120s;
-    upstream control {{
-        server 127.0.0.1:{upstream_port};
-        keepalive 128;
-        keepalive_requests 10000000;
-    }}
-    upstream treatment {{
-        server 127.0.0.1:{upstream_port};
-        keepalive 128;
-        keepalive_requests 10000000;
-    }}
-    split_clients "${{http_x_user_id}}" $arm {{
-        10% treatment;
-        *   control;
-    }}
-    server {{
-        listen 127.0.0.1:{port} reuseport;
-        location / {{
-            proxy_pass http://$arm;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_buffering off;
-            add_header X-ABGate-Arm $arm always;
-        }}
-    }}
-}}
-"""
-
-
-def nginx_version(binary: str) -> str:
-    out = subprocess.run([binary, "-v"], capture_output=True, text=True, timeout=10)
-    return (out.stderr or out.stdout).strip().replace("nginx version: ", "")
-
-
-# -- the benchmark ----------------------------------------------------------------------------
-
-
-@dataclass
-class Figures:
-    name: str
-    rps: LoadResult | None = None
-    lat1: LoadResult | None = None
-    stream: StreamResult | None = None
-    paced: StreamResult | None = None
-    cpu_us_per_request: float | None = None
-    cpu_share: float | None = None  # of one core, during the N-connection run
-    cpu_us_per_request_1: float | None = None  # during the 1-connection run
-    rss_mib: float | None = None
-    notes: list[str] = field(default_factory=list)
-
-
-@dataclass
-class Target:
-    name: str
-    base: str  # http://127.0.0.1:PORT
-    proc: Proc | None  # the process measured for CPU / RSS (None: direct)
-    served: Callable[[], int] | None = None  # exact served count, when the target has one
-
-    @property
-    def url(self) -> str:
-        return self.base + "/v1/chat/completions"
-
-
-@dataclass
-class Run:
-    result: LoadResult
-    served: int  # requests the target served during the run
-    wall_s: float
-    cpu_s: float  # CPU of the target's processes
-    redis_cpu_s: float
-    window: CpuWindow
-
-
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -444,6 +109,7 @@ class Bench:
         self.redis_pids: list[int] = []
         self.speed: dict[int | None, float] = {}
         self.speed_after: dict[int | None, float] = {}
+        self.missed = False
         self.body = request_body(False, args.prompt_bytes)
         self.stream_body = request_body(True, args.prompt_bytes)
 
@@ -498,107 +164,6 @@ class Bench:
             f"pinning: gateway and nginx -> cpu {self.gw_cpu}; upstream, redis, load generator "
             f"and this driver -> cpu {self.aux_cpu}"
         )
-
-    def load(self, target: Target, connections: int, duration: float) -> LoadResult:
-        if self.use_wrk:
-            return loadgen.wrk_load(
-                target.url, self.body, duration=duration, connections=connections, cpu=self.aux_cpu
-            )
-        return loadgen.python_load(
-            target.url, self.body, duration=duration, connections=connections
-        )
-
-    # -- measurements ---------------------------------------------------------------------
-
-    def timed_load(self, target: Target, connections: int) -> Run:
-        """One measured load run, with the CPU the target (and Redis) used meanwhile."""
-        pids = tree_pids(target.proc.pid) if target.proc else []
-        served0 = target.served() if target.served else 0
-        cpu0, redis0 = cpu_seconds(pids), cpu_seconds(self.redis_pids)
-        window = CpuWindow()
-        t0 = time.monotonic()
-        result = self.load(target, connections, self.duration)
-        wall = time.monotonic() - t0
-        cpu1, redis1 = cpu_seconds(pids), cpu_seconds(self.redis_pids)
-        window.close()
-        served = (target.served() - served0) if target.served else result.requests
-        self.check_alive()
-        return Run(result, served, wall, cpu1 - cpu0, redis1 - redis0, window)
-
-    def measure(self, target: Target) -> Figures:
-        fig = Figures(target.name)
-        conns = self.connections
-        name = target.proc.name if target.proc else ""
-        self.load(target, conns, self.warmup)
-
-        run = self.timed_load(target, conns)
-        r = fig.rps = run.result
-        line = (
-            f"  {target.name:8s} rps @{conns:<3d} {r.rps:10,.0f} req/s  "
-            f"({r.requests:,} in {r.duration_s:.1f}s, {r.errors} errors)"
-        )
-        if target.proc is not None and run.served > 0:
-            fig.cpu_us_per_request = run.cpu_s / run.served * 1e6
-            fig.cpu_share = run.cpu_s / run.wall_s
-            line += f"  {name} cpu {100 * fig.cpu_share:.0f}% of a core"
-            if target.served is not None and self.redis_pids:
-                fig.notes.append(
-                    f"redis-server used {run.redis_cpu_s / run.served * 1e6:.0f} us CPU per "
-                    f"request ({100 * run.redis_cpu_s / run.wall_s:.0f}% of a core) recording "
-                    f"the events of the {conns}-connection run"
-                )
-        print(f"{line}  [{run.window.summary()}]")
-        self.note_noise(fig, run.window, f"{conns}-connection run")
-        if r.errors:
-            fig.notes.append(f"{r.errors} errors in the {conns}-connection run")
-
-        run = self.timed_load(target, 1)
-        r = fig.lat1 = run.result
-        line = (
-            f"  {target.name:8s} @1 conn  p50 {r.p50_ms:.3f} ms  p99 {r.p99_ms:.3f} ms  "
-            f"({r.rps:,.0f} req/s, {r.errors} errors)"
-        )
-        if target.proc is not None and run.served > 0:
-            fig.cpu_us_per_request_1 = run.cpu_s / run.served * 1e6
-            line += (
-                f"  {name} cpu {fig.cpu_us_per_request_1:.0f} us/request, "
-                f"{100 * run.cpu_s / run.wall_s:.0f}% of a core"
-            )
-        print(f"{line}  [{run.window.summary()}]")
-        self.note_noise(fig, run.window, "1-connection run")
-        if r.errors:
-            fig.notes.append(f"{r.errors} errors in the 1-connection run")
-
-        s = fig.stream = loadgen.stream_run(
-            target.url, self.stream_body, duration=self.stream_seconds, chunks=STREAM_CHUNKS
-        )
-        p = fig.paced = loadgen.stream_run(
-            target.url,
-            self.stream_body,
-            duration=self.stream_seconds,
-            chunks=STREAM_CHUNKS,
-            delay_ms=PACED_DELAY_MS,
-        )
-        self.check_alive()
-        print(
-            f"  {target.name:8s} stream   {s.ms_per_chunk:.4f} ms/chunk ({s.total_ms_p50:.2f} ms "
-            f"per {STREAM_CHUNKS}-chunk stream, {s.requests} streams, {s.errors} errors); paced "
-            f"{PACED_DELAY_MS:g} ms: chunk latency p50 {p.chunk_latency_p50_ms:.3f} ms "
-            f"p99 {p.chunk_latency_p99_ms:.3f} ms ({p.requests} streams, {p.errors} errors)"
-        )
-        if s.errors or p.errors:
-            fig.notes.append(f"{s.errors + p.errors} failed streams")
-        if target.proc is not None:
-            fig.rss_mib = rss_mib(tree_pids(target.proc.pid))
-        return fig
-
-    @staticmethod
-    def note_noise(fig: Figures, window: CpuWindow, what: str) -> None:
-        if window.others > NOISE_CORES:
-            fig.notes.append(
-                f"other processes used {100 * window.others:.0f}% of a core during the {what}: "
-                "its figures are noisy"
-            )
 
     def preflight(self) -> None:
         """Is the machine idle? Others' CPU use during the runs skews every figure."""
@@ -668,13 +233,9 @@ class Bench:
             nginx: Proc | None = None
             if self.nginx:
                 ng_port = free_port()
-                conf = tmp / "nginx.conf"
-                conf.write_text(_NGINX_CONF.format(tmp=tmp, upstream_port=up_port, port=ng_port))
-                nginx = spawn(
-                    "nginx",
-                    [self.nginx, "-p", str(tmp), "-e", str(tmp / "error.log"), "-c", str(conf),
-                     "-g", "daemon off;"],
-                    cpu=self.gw_cpu, log=tmp / "nginx.out", procs=self.procs,
+                nginx = start_nginx(
+                    self.nginx, tmp, upstream_port=up_port, port=ng_port, cpu=self.gw_cpu,
+                    procs=self.procs,
                 )  # fmt: skip
             up_base = f"http://127.0.0.1:{up_port}"
             gw_base = f"http://127.0.0.1:{gw_port}"
@@ -699,8 +260,20 @@ class Bench:
             if nginx is not None:
                 targets.append(Target("nginx", f"http://127.0.0.1:{ng_port}", nginx))
 
+            measurer = Measurer(
+                duration=self.duration,
+                warmup=self.warmup,
+                stream_seconds=self.stream_seconds,
+                connections=self.connections,
+                use_wrk=self.use_wrk,
+                aux_cpu=self.aux_cpu,
+                body=self.body,
+                stream_body=self.stream_body,
+                redis_pids=self.redis_pids,
+                check_alive=self.check_alive,
+            )
             print("runs:")
-            figures = {t.name: self.measure(t) for t in targets}
+            figures = {t.name: measurer.measure(t) for t in targets}
             served, recorded = self.wait_events(gw_base, redis.url)
             self.speed_after = speed_check(list(self.speed))
             print()
@@ -746,164 +319,15 @@ class Bench:
                 return served, recorded
             time.sleep(0.25)
 
-    # -- report ---------------------------------------------------------------------------
-
-    missed: bool = False
-
-    def report(self, figs: dict[str, Figures], served: int, recorded: int) -> None:
-        direct, gw = figs["direct"], figs["gateway"]
-        ng = figs.get("nginx")
-        cols = ["direct", "gateway", "nginx", "gateway/direct", "nginx/direct"]
-        rows: list[list[str]] = []
-
-        def ratio(a: float | None, b: float | None) -> str:
-            if a is None or b is None or b == 0 or a != a or b != b:
-                return "-"
-            return f"{a / b:.2f}x"
-
-        def val(f: Figures | None, get: Callable[[Figures], float | None], fmt: str) -> str:
-            v = get(f) if f is not None else None
-            return "-" if v is None or v != v else format(v, fmt)
-
-        def added(f: Figures | None, get: Callable[[Figures], float | None], fmt: str) -> str:
-            if f is None:
-                return "-"
-            v, d = get(f), get(direct)
-            if v is None or d is None:
-                return "-"
-            return f"{format(v, fmt)} ({v - d:+{fmt}})"
-
-        def row(label: str, get: Callable[[Figures], float | None], fmt: str, add: bool) -> None:
-            cell = added if add else val
-            rows.append(
-                [
-                    label,
-                    val(direct, get, fmt),
-                    cell(gw, get, fmt),
-                    cell(ng, get, fmt),
-                    ratio(get(gw), get(direct)),
-                    ratio(get(ng), get(direct)) if ng else "-",
-                ]
-            )
-
-        conns = self.connections
-        row(f"rps @{conns} conns", lambda f: f.rps.rps if f.rps else None, ",.0f", False)
-        row("p50 @1 conn (ms)", lambda f: f.lat1.p50_ms if f.lat1 else None, ".3f", True)
-        row("p99 @1 conn (ms)", lambda f: f.lat1.p99_ms if f.lat1 else None, ".3f", True)
-        row(
-            "stream ms/chunk",
-            lambda f: f.stream.ms_per_chunk if f.stream else None,
-            ".4f",
-            True,
+    def report(self, figures: dict[str, Figures], served: int, recorded: int) -> None:
+        self.missed = print_report(
+            figures,
+            served,
+            recorded,
+            connections=self.connections,
+            speed=self.speed,
+            speed_after=self.speed_after,
         )
-        row(
-            "chunk latency p50 (ms)*",
-            lambda f: f.paced.chunk_latency_p50_ms if f.paced else None,
-            ".3f",
-            True,
-        )
-        row(
-            "chunk latency p99 (ms)*",
-            lambda f: f.paced.chunk_latency_p99_ms if f.paced else None,
-            ".3f",
-            True,
-        )
-        rows.append(
-            [f"CPU us/request @{conns}", "-", val(gw, lambda f: f.cpu_us_per_request, ".0f"),
-             val(ng, lambda f: f.cpu_us_per_request, ".0f"), "-", "-"]
-        )  # fmt: skip
-        rows.append(
-            ["CPU us/request @1 conn", "-", val(gw, lambda f: f.cpu_us_per_request_1, ".0f"),
-             val(ng, lambda f: f.cpu_us_per_request_1, ".0f"), "-", "-"]
-        )  # fmt: skip
-        rows.append(
-            ["RSS MiB", "-", val(gw, lambda f: f.rss_mib, ".1f"),
-             val(ng, lambda f: f.rss_mib, ".1f"), "-", "-"]
-        )  # fmt: skip
-        rows.append(["events recorded", "-", f"{recorded:,}/{served:,}", "-", "-", "-"])
-
-        widths = [max(len(r[i]) for r in [["", *cols], *rows]) + 3 for i in range(len(cols) + 1)]
-        print("".join(c.ljust(w) for c, w in zip(["", *cols], widths, strict=True)).rstrip())
-        for r in rows:
-            print("".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
-        print(
-            f"* each chunk's delivery latency (upstream write -> client read) with the upstream "
-            f"pacing chunks {PACED_DELAY_MS:g} ms apart; 'stream ms/chunk' is total time / "
-            f"{STREAM_CHUNKS} chunks with chunks back to back."
-        )
-        print(
-            f"events recorded: {recorded:,} request events in Redis for {served:,} requests the "
-            "gateway served (abgate_requests_total)"
-            + ("" if recorded == served else "  <-- MISMATCH")
-        )
-        if direct.cpu_us_per_request is not None:
-            print(
-                "upstream (fast_upstream) CPU per request in the direct run: "
-                f"{direct.cpu_us_per_request:.0f} us "
-                f"({100 * (direct.cpu_share or 0):.0f}% of a core)"
-            )
-        for f in figs.values():
-            for note in f.notes:
-                print(f"note: {f.name}: {note}")
-        if self.speed_after:
-            drift = max(
-                abs(self.speed_after[c] / self.speed[c] - 1) for c in self.speed if self.speed[c]
-            )
-            print(
-                f"speed check after the runs: {format_speed(self.speed_after)}"
-                + (f"  <-- {100 * drift:.0f}% drift: the machine's speed changed" if drift > 0.1
-                   else "")
-            )  # fmt: skip
-        if gw.cpu_share is not None:
-            print(
-                f"gateway process used {100 * gw.cpu_share:.0f}% of a core during the "
-                f"{conns}-connection run"
-                + ("" if gw.cpu_share > 0.9 else " (below 90%: the bottleneck may be elsewhere)")
-            )
-
-        print()
-        print("targets (one gateway process on one core, event recording on):")
-        assert gw.rps is not None and gw.lat1 is not None and direct.lat1 is not None
-        self.target(
-            f"rps @{conns} conns >= {TARGET_RPS:,.0f}",
-            gw.rps.rps,
-            TARGET_RPS,
-            higher=True,
-            fmt=",.0f",
-            unit=" req/s",
-        )
-        self.target(
-            f"added p50 @1 conn <= {TARGET_ADDED_P50_MS:.2f} ms",
-            gw.lat1.p50_ms - direct.lat1.p50_ms,
-            TARGET_ADDED_P50_MS,
-            higher=False,
-            fmt="+.3f",
-            unit=" ms",
-        )
-        self.target(
-            f"added p99 @1 conn <= {TARGET_ADDED_P99_MS:.2f} ms",
-            gw.lat1.p99_ms - direct.lat1.p99_ms,
-            TARGET_ADDED_P99_MS,
-            higher=False,
-            fmt="+.3f",
-            unit=" ms",
-        )
-        if conns != 32:
-            print(f"  (the rps target is defined at 32 connections; this run used {conns})")
-
-    def target(
-        self, label: str, value: float, goal: float, *, higher: bool, fmt: str, unit: str
-    ) -> None:
-        ok = value >= goal if higher else value <= goal
-        shown = format(value, fmt) + unit
-        if ok:
-            verdict = "met"
-        else:
-            self.missed = True
-            gap = goal - value if higher else value - goal
-            rel = 100.0 * gap / goal
-            verdict = f"MISSED by {format(gap, fmt.lstrip('+'))}{unit} ({rel:.0f}%)"
-        print(f"  {label:32s} {shown:>16s}   {verdict}")
 
 
 def _sigterm(signum: int, frame: FrameType | None) -> None:

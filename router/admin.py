@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Response
@@ -32,6 +33,7 @@ from router.experiments import Experiment
 from router.gateway import Gateway
 from router.lifecycle import Action, ActionRequest, ExperimentPatch, patch, transition
 from router.readmodel import read_snapshot
+from router.settings import Settings
 from router.store import read_audit
 
 logger = logging.getLogger(__name__)
@@ -87,7 +89,7 @@ class Deleted(BaseModel):
     deleted: str
 
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
+ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
     for code, text in (
         (400, "Malformed header"),
@@ -110,16 +112,9 @@ def _parse_if_match(value: str | None) -> int | None:
     return int(raw)
 
 
-def build_admin_router(gateway: Gateway) -> APIRouter:
-    settings = gateway.settings
+def admin_auth(settings: Settings) -> Callable[..., Awaitable[None]]:
+    """The dependency every admin route carries: the bearer token, compared in constant time."""
     token = settings.admin_token.get_secret_value().encode() if settings.admin_token else None
-    if token is None and not settings.insecure_admin:
-        logger.warning(
-            "admin API disabled: ABGATE_ADMIN_TOKEN is not set (use --insecure-admin for a "
-            "local setup without a token)"
-        )
-    elif token is None:
-        logger.warning("admin API running WITHOUT authentication (--insecure-admin)")
 
     async def require_admin(authorization: Annotated[str | None, Header()] = None) -> None:
         if token is None:
@@ -132,8 +127,23 @@ def build_admin_router(gateway: Gateway) -> APIRouter:
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token):
             raise Unauthorized("a valid `Authorization: Bearer <admin token>` header is required")
 
+    return require_admin
+
+
+def build_admin_router(gateway: Gateway) -> APIRouter:
+    settings = gateway.settings
+    if settings.admin_token is None and not settings.insecure_admin:
+        logger.warning(
+            "admin API disabled: ABGATE_ADMIN_TOKEN is not set (use --insecure-admin for a "
+            "local setup without a token)"
+        )
+    elif settings.admin_token is None:
+        logger.warning("admin API running WITHOUT authentication (--insecure-admin)")
     router = APIRouter(
-        prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)], responses=_ERRORS
+        prefix="/admin",
+        tags=["admin"],
+        dependencies=[Depends(admin_auth(settings))],
+        responses=ADMIN_ERRORS,
     )
 
     async def change(

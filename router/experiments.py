@@ -38,12 +38,19 @@ def _check_base_url(value: object) -> object:
     return value.rstrip("/")
 
 
+_URL_PATTERN = r"^https?://[^\s/?#]+[^\s?#]*$"
+
+
 class Target(BaseModel):
-    """Where one arm's requests go: an OpenAI-compatible base URL and the upstream model name."""
+    """Where one arm's requests go: one or more OpenAI-compatible base URLs (replicas of the same
+    server) and the upstream model name."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
-    base_url: str = Field(pattern=r"^https?://[^\s/?#]+[^\s?#]*$", max_length=2000)
+    base_url: str | None = Field(default=None, pattern=_URL_PATTERN, max_length=2000)
+    base_urls: list[str] = Field(
+        default_factory=list, max_length=64, description="Replicas; balanced, health-checked"
+    )
     model: str = Field(min_length=1)
     api_key: str | None = Field(default=None, description="Sent upstream instead of the client's")
     prompt_price_per_million: float = Field(default=0.0, ge=0)
@@ -52,8 +59,25 @@ class Target(BaseModel):
     read_timeout: float | None = Field(default=None, gt=0)
 
     _v_url = field_validator("base_url", mode="before")(
-        classmethod(lambda cls, v: _check_base_url(v))
+        classmethod(lambda cls, v: v if v is None else _check_base_url(v))
     )
+
+    @field_validator("base_urls", mode="before")
+    @classmethod
+    def _v_urls(cls, v: object) -> object:
+        return [_check_base_url(u) for u in v] if isinstance(v, list) else v
+
+    @model_validator(mode="after")
+    def _some_url(self) -> Target:
+        if not self.base_url and not self.base_urls:
+            raise ValueError("base_url or base_urls is required")
+        return self
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """Every replica's base URL, in order, without duplicates."""
+        first = [self.base_url] if self.base_url else []
+        return tuple(dict.fromkeys([*first, *self.base_urls]))
 
 
 class DefaultUpstream(BaseModel):
@@ -262,6 +286,7 @@ class CompiledArm:
 
     arm: Arm
     target: Target
+    urls: tuple[str, ...]
     model_json: bytes  # the upstream model name as a JSON string literal
     headers_arm: bytes  # value of X-ABGate-Arm
 
@@ -302,6 +327,7 @@ def _compile_arm(arm: Arm, target: Target) -> CompiledArm:
     return CompiledArm(
         arm=arm,
         target=target,
+        urls=target.urls,
         model_json=orjson.dumps(target.model),
         headers_arm=arm.encode(),
     )

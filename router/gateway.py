@@ -9,7 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +33,9 @@ from router.metrics import GatewayMetrics
 from router.readmodel import unit_counts
 from router.settings import Settings
 from router.store import CHANNEL, ConfigDoc, ConfigStore
+from serving.adapters import AdapterManager, inflight_key
 from serving.errors import UpstreamError
+from serving.pool import OutlierPolicy, ReplicaPool
 from serving.types import Timeouts
 from serving.upstream import UpstreamPool
 
@@ -83,6 +88,13 @@ class Gateway:
             ),
             max_connections=settings.upstream_max_connections,
         )
+        self.replicas = ReplicaPool(
+            self.pool,
+            OutlierPolicy(
+                max_failures=settings.outlier_max_failures,
+                base_ejection_seconds=settings.outlier_ejection_seconds,
+            ),
+        )
         self.writer = EventWriter(
             self.redis,
             self.metrics,
@@ -92,10 +104,15 @@ class Gateway:
             minute_retention_seconds=settings.minute_retention_seconds,
             linger_seconds=settings.event_linger_seconds,
         )
+        self.adapters = AdapterManager(self.redis, self.replicas)
+        self.identity = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
+        self.model_inflight: Counter[str] = Counter()  # requests running, by upstream model
+        self._last_reconcile = 0.0
         self.breakers = Breakers()
         self.inflight: set[str] = set()  # request ids whose event is not submitted yet
         self._background: set[asyncio.Task[None]] = set()
         self._watcher: asyncio.Task[None] | None = None
+        self._health: asyncio.Task[None] | None = None
         self._models_cache: tuple[float, list[dict[str, Any]]] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -111,15 +128,17 @@ class Gateway:
                 self.apply(ConfigDoc(0, {e.name: e for e in self.file_config.experiments}))
         self.writer.start()
         self._watcher = asyncio.create_task(self._watch_config(), name="abgate-config-watch")
+        self._health = asyncio.create_task(self._health_loop(), name="abgate-health")
         logger.info("gateway started; config version %d", self.table.version)
 
     async def close(self) -> None:
         for task in list(self._background):
             task.cancel()
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
+        for loop_task in (self._watcher, self._health):
+            if loop_task is not None:
+                loop_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await loop_task
         await self.writer.close(self.settings.shutdown_flush_seconds)
         await self.pool.close()
         await self.redis.aclose()
@@ -137,10 +156,10 @@ class Gateway:
             self.settings.feedback_window_seconds,
         )
         for exp in table.routes.values():  # create the pooled clients now, not per request
-            self.pool.get(exp.control.target.base_url)
-            self.pool.get(exp.treatment.target.base_url)
+            self.replicas.set_for(exp.control.urls)
+            self.replicas.set_for(exp.treatment.urls)
         if table.default_upstream is not None:
-            self.pool.get(table.default_upstream.base_url)
+            self.replicas.set_for((table.default_upstream.base_url,))
         self.table = table
         self.breakers.forget({(e.name, e.version) for e in table.routes.values()})
         self.config_loaded = True
@@ -151,6 +170,51 @@ class Gateway:
                 exp.bps / 10_000
             )
         logger.info("applied config version %d (%d routes)", doc.version, len(table.routes))
+
+    async def _health_loop(self) -> None:
+        """Health-check every replica (and, in later steps, reconcile adapters)."""
+        interval = self.settings.health_interval_seconds
+        while True:
+            try:
+                await self.replicas.check_all(limit=min(interval, 2.0))
+                await self.on_health_tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("health loop failed")
+                self.metrics.errors.labels("health").inc()
+            await asyncio.sleep(interval)
+
+    async def on_health_tick(self) -> None:
+        """Publish this replica's in-flight counts per model (adapter drains read them) and,
+        on one gateway at a time, reconcile adapters with what each replica serves."""
+        key = inflight_key(self.identity)
+        counts: dict[Any, Any] = {m: n for m, n in self.model_inflight.items() if n > 0}
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(key)
+            if counts:
+                pipe.hset(key, mapping=counts)
+                pipe.expire(key, max(3, int(self.settings.health_interval_seconds * 3)))
+            await pipe.execute()
+        interval = self.settings.reconcile_interval_seconds
+        now = time.monotonic()
+        if now - self._last_reconcile < interval:
+            return
+        self._last_reconcile = now
+        if await self.redis.set("abgate:reconciler", self.identity, nx=True,
+                                px=int(interval * 1000)):  # fmt: skip
+            for line in await self.adapters.reconcile():
+                logger.info("reconciler: %s", line)
+
+    async def in_flight(self, model: str) -> int:
+        """Requests using `model` right now: here, and on other gateways as they last said."""
+        others = 0
+        own = inflight_key(self.identity)
+        async for key in self.redis.scan_iter(match="abgate:inflight:*", count=100):
+            if key in (own, own.encode()):
+                continue
+            others += int(await self.redis.hget(key, model) or 0)
+        return self.model_inflight[model] + others
 
     def trip(self, name: str, reason: str) -> None:
         """The circuit breaker opened: this replica already serves control; ask the store to
@@ -251,8 +315,7 @@ class Gateway:
                 "parent": None,
                 "abgate": {"experiment": exp.experiment.name, "state": exp.experiment.state},
             }
-        urls = {e.control.target.base_url for e in table.routes.values()}
-        urls |= {e.treatment.target.base_url for e in table.routes.values()}
+        urls = {u for e in table.routes.values() for u in (*e.control.urls, *e.treatment.urls)}
         if table.default_upstream is not None:
             urls.add(table.default_upstream.base_url)
         results = await asyncio.gather(

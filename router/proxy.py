@@ -34,8 +34,9 @@ from router.events import Event
 from router.experiments import CompiledArm, CompiledExperiment
 from router.http import Receive, Scope, Send, error_body
 from serving.errors import UpstreamError, UpstreamTimeout
+from serving.pool import ReplicaSet
 from serving.types import Timeouts
-from serving.upstream import Upstream, UpstreamResponse, parse_error_body
+from serving.upstream import UpstreamResponse, parse_error_body
 
 if TYPE_CHECKING:
     from router.gateway import Gateway
@@ -69,7 +70,7 @@ class _Plan:
     body: bytes
     stream: bool
     client_wants_usage: bool
-    upstream: Upstream
+    replicas: ReplicaSet
     timeouts: Timeouts | None
     exp: CompiledExperiment | None
     arm: CompiledArm | None
@@ -116,6 +117,7 @@ class Proxy:
             extra.append((b"x-abgate-experiment", plan.exp.name_header))
             extra.append((b"x-abgate-arm", plan.arm.headers_arm))
         out = _Outcome()
+        gw.model_inflight[plan.model] += 1  # adapter drains wait for these
         if plan.exp is not None:
             gw.inflight.add(rid)  # feedback for it waits until the event is recorded
         try:
@@ -168,7 +170,7 @@ class Proxy:
                 )
             body = _ask_usage(raw, stream, client_wants_usage, None, "stream_options" in data)
             return _Plan(
-                body, stream, client_wants_usage, gw.pool.get(default.base_url), None,
+                body, stream, client_wants_usage, gw.replicas.set_for((default.base_url,)), None,
                 None, None, "", DEFAULT_ROUTE, model, default.api_key,
             )  # fmt: skip
 
@@ -180,14 +182,14 @@ class Proxy:
         body = _ask_usage(raw, stream, client_wants_usage, arm.model_json, "stream_options" in data)
         timeouts = None
         if target.connect_timeout is not None or target.read_timeout is not None:
-            base = gw.pool.get(target.base_url).timeouts
+            base = gw.pool.get(arm.urls[0]).timeouts
             timeouts = Timeouts(
                 connect=target.connect_timeout or base.connect,
                 read=target.read_timeout or base.read,
             )
         fingerprint = prompt_fingerprint(data) if exp.regen and unit else ""
         return _Plan(
-            body, stream, client_wants_usage, gw.pool.get(target.base_url), timeouts, exp, arm,
+            body, stream, client_wants_usage, gw.replicas.set_for(arm.urls), timeouts, exp, arm,
             unit or "", exp.experiment.route, target.model, target.api_key, fingerprint, raw,
         )  # fmt: skip
 
@@ -207,7 +209,14 @@ class Proxy:
         failure: UpstreamError | None = None
         resp: UpstreamResponse | None = None
         try:
-            resp = await plan.upstream.post(path, plan.body, fwd, timeouts=plan.timeouts)
+            resp = await plan.replicas.post(
+                path,
+                plan.body,
+                fwd,
+                timeouts=plan.timeouts,
+                # the default upstream answers for models it may not list: no filtering there
+                model=plan.model if plan.exp is not None else None,
+            )
         except UpstreamError as exc:
             failure = exc
         exp, arm = plan.exp, plan.arm
@@ -233,8 +242,11 @@ class Proxy:
             extra.append((b"x-abgate-fallback", b"control"))
             failure, resp = None, None
             try:
-                resp = await self._gw.pool.get(control.target.base_url).post(
-                    path, body, _upstream_headers(scope, rid, control.target.api_key)
+                resp = await self._gw.replicas.set_for(control.urls).post(
+                    path,
+                    body,
+                    _upstream_headers(scope, rid, control.target.api_key),
+                    model=control.target.model,
                 )
             except UpstreamError as exc:
                 failure = exc
@@ -327,6 +339,7 @@ class Proxy:
 
     def _record(self, plan: _Plan, rid: str, t0: float, out: _Outcome) -> None:
         gw = self._gw
+        gw.model_inflight[plan.model] -= 1
         if plan.exp is not None and plan.arm is not None and plan.arm.arm == "treatment":
             exp = plan.exp.experiment
             failed = bool(out.error) and out.error != "client_closed"

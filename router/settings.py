@@ -48,6 +48,10 @@ class Settings(BaseSettings):
     upstream_connect_timeout: float = Field(default=5.0, gt=0)
     upstream_read_timeout: float = Field(default=600.0, gt=0)
     upstream_max_connections: int = Field(default=1000, gt=0)
+    health_interval_seconds: float = Field(default=2.0, gt=0)
+    outlier_max_failures: int = Field(default=3, ge=1)
+    outlier_ejection_seconds: float = Field(default=5.0, gt=0)
+    reconcile_interval_seconds: float = Field(default=5.0, gt=0)
 
     controller_tick_seconds: float = Field(default=1.0, gt=0)
     controller_lock_ttl_seconds: float = Field(default=10.0, gt=0)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from types import TracebackType
 
 import aiohttp
@@ -32,6 +32,7 @@ class UpstreamResponse:
         self._base_url = base_url
         self.status = resp.status
         self.headers = resp.raw_headers
+        self.on_close: Callable[[], None] | None = None
 
     @property
     def content_type(self) -> str:
@@ -70,6 +71,9 @@ class UpstreamResponse:
         tb: TracebackType | None,
     ) -> None:
         self._resp.release()
+        if self.on_close is not None:
+            callback, self.on_close = self.on_close, None
+            callback()
 
 
 class Upstream:
@@ -149,8 +153,51 @@ class Upstream:
         except TimeoutError as exc:
             raise UpstreamTimeout(f"GET {path} timed out", base_url=self.base_url) from exc
 
+    async def ping(self, path: str, *, limit: float, root: bool = False) -> bool:
+        """GET `path` answers 200 within `limit` seconds (root: from the server root, not /v1)."""
+        url = (_server_root(self.base_url) if root else self.base_url) + path
+        try:
+            async with self._session.get(url, timeout=aiohttp.ClientTimeout(total=limit)) as resp:
+                await resp.read()
+                return resp.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: object = None,
+        limit: float = 30.0,
+        headers: Mapping[str, str] | None = None,
+    ) -> tuple[int, bytes]:
+        """A small admin call (LoRA load/unload, probes): status and body."""
+        try:
+            async with self._session.request(
+                method,
+                self.base_url + path,
+                data=None if json is None else orjson.dumps(json),
+                # the session skips automatic headers (the proxy forwards the client's own)
+                headers={"Content-Type": "application/json", **(headers or {})},
+                timeout=aiohttp.ClientTimeout(total=limit),
+            ) as resp:
+                return resp.status, await resp.read()
+        except TimeoutError as exc:
+            raise UpstreamTimeout(f"{method} {path} timed out", base_url=self.base_url) from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamConnectError(
+                f"{method} {path} on {self.base_url} failed: {exc.__class__.__name__}",
+                base_url=self.base_url,
+            ) from exc
+
     async def close(self) -> None:
         await self._session.close()
+
+
+def _server_root(base_url: str) -> str:
+    """`http://vllm:8000/v1` -> `http://vllm:8000` (vLLM's /health lives at the root)."""
+    return base_url[: -len("/v1")] if base_url.endswith("/v1") else base_url
 
 
 class UpstreamPool:

@@ -62,8 +62,10 @@ def base_env(**extra: str) -> dict[str, str]:
 
 
 @contextmanager
-def emulator(tmp: Path, *args: str, runtime_lora: bool = True) -> Iterator[Proc]:
-    port = free_port()
+def emulator(
+    tmp: Path, *args: str, runtime_lora: bool = True, port: int | None = None
+) -> Iterator[Proc]:
+    port = port or free_port()
     env = base_env()
     if runtime_lora:
         env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"

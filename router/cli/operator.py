@@ -42,9 +42,9 @@ class AdminClient:
         self.url = url.rstrip("/")
         self._client = httpx.Client(base_url=self.url, headers=headers, timeout=10)
 
-    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+    def call(self, method: str, path: str, *, timeout: float = 10, **kwargs: Any) -> Any:
         try:
-            resp = self._client.request(method, path, **kwargs)
+            resp = self._client.request(method, path, timeout=timeout, **kwargs)
         except httpx.HTTPError as exc:
             fail(f"cannot reach the gateway at {self.url}: {exc.__class__.__name__}", code=3)
         if resp.status_code >= 400:

@@ -80,7 +80,11 @@ class _Server:
     def __init__(self, config: EmulatorConfig, registry: CollectorRegistry) -> None:
         self.config = config
         self.registry = registry
-        self.loras = LoRARegistry(parent=config.model_name)
+        self.loras = LoRARegistry(
+            parent=config.model_name,
+            max_rank=config.max_lora_rank,
+            load_latency_ms=config.lora_load_latency_ms,
+        )
         for name, path in config.static_loras.items():
             self.loras.add_static(name, path)
         self.metrics = EmulatorMetrics(

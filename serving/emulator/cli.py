@@ -113,6 +113,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     models.add_argument("--max-model-len", type=_positive_int, default=8192)
     models.add_argument("--max-loras", type=_positive_int, default=1)
+    models.add_argument(
+        "--max-lora-rank",
+        type=_positive_int,
+        default=16,
+        help="adapters of a higher rank fail to load (400)",
+    )
+    models.add_argument(
+        "--lora-load-latency-ms",
+        type=_number(0, None, "a non-negative number"),
+        default=0.0,
+        help="time a runtime adapter load takes",
+    )
     behaviour = parser.add_argument_group("behaviour (default profile of every model)")
     non_negative = _number(0, None, "a non-negative number")
     probability = _number(0, 1, "a probability in [0, 1]")
@@ -166,6 +178,8 @@ def build_config(args: argparse.Namespace, settings: EmulatorSettings) -> Emulat
         profiles=dict(profiles),
         max_model_len=args.max_model_len,
         max_loras=args.max_loras,
+        max_lora_rank=args.max_lora_rank,
+        lora_load_latency_ms=args.lora_load_latency_ms,
         seed=args.seed,
     )
 

@@ -67,6 +67,8 @@ class EmulatorConfig(BaseModel):
     allow_runtime_lora_updating: bool = False
     error_format: Literal["flat", "nested"] = "nested"
     api_key: str | None = None
+    max_lora_rank: int = Field(default=16, ge=1)
+    lora_load_latency_ms: float = Field(default=0.0, ge=0)
     default_profile: ModelProfile = Field(default_factory=ModelProfile)
     profiles: dict[str, ModelProfile] = Field(default_factory=dict)
     max_model_len: int = Field(default=8192, ge=1)

@@ -8,6 +8,7 @@ vLLM since PR #20636; different names interleave freely.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,11 +42,22 @@ def adapter_exists(path: str) -> bool:
     return (Path(path) / "adapter_config.json").is_file()
 
 
+def adapter_rank(path: str) -> int:
+    """The adapter's rank `r` from its adapter_config.json (0 when unreadable)."""
+    try:
+        config = json.loads((Path(path) / "adapter_config.json").read_text())
+        return int(config.get("r", 0))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 0
+
+
 class LoRARegistry:
     """Adapters by name, in registration order."""
 
-    def __init__(self, parent: str) -> None:
+    def __init__(self, parent: str, *, max_rank: int = 16, load_latency_ms: float = 0.0) -> None:
         self._parent = parent
+        self._max_rank = max_rank
+        self._load_latency = load_latency_ms / 1000.0
         self._adapters: dict[str, LoRAAdapter] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._next_id = 1
@@ -93,6 +105,14 @@ class LoRARegistry:
                 raise errors.adapter_already_loaded(name)
             if not await asyncio.to_thread(adapter_exists, path):
                 raise errors.adapter_path_invalid(name, path)
+            rank = await asyncio.to_thread(adapter_rank, path)
+            if rank > self._max_rank:
+                # vLLM validates the weights on load (PR #11727); ~v0.7-0.10 answer 400
+                raise errors.bad_request(
+                    f"LoRA rank {rank} is greater than max_lora_rank {self._max_rank}."
+                )
+            if self._load_latency:
+                await asyncio.sleep(self._load_latency)  # reading weights takes time
             adapter = self._register(name, path)
         logger.info("loaded LoRA adapter %s (id %d)", name, adapter.int_id)
         return adapter

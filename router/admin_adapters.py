@@ -1,0 +1,210 @@
+"""Admin routes for LoRA adapters and the hot swap of a running experiment's treatment.
+
+`GET|POST /admin/adapters`, `DELETE /admin/adapters/{name}`,
+`POST /admin/experiments/{name}/swap`. Same bearer token as the rest of the admin API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Path, Query
+from pydantic import BaseModel, ConfigDict, Field
+from redis.exceptions import RedisError
+
+from router.admin import ADMIN_ERRORS, ExperimentName, admin_auth
+from router.changes import apply_change
+from router.errors import Conflict, GatewayError, NotFound, StoreUnavailable, Unprocessable
+from router.experiments import Experiment
+from router.gateway import Gateway
+from router.lifecycle import bump
+from serving.adapters import AdapterError, AdapterRecord
+
+logger = logging.getLogger(__name__)
+
+AdapterName = Annotated[
+    str, Path(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
+]
+
+
+class LoadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str = Field(
+        min_length=1,
+        max_length=200,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$",
+        description="Immutable per version, e.g. support-lora-v3",
+    )
+    path: str = Field(min_length=1, max_length=2000, description="lora_path on the replicas")
+    base_urls: list[str] | None = Field(
+        default=None, min_length=1, description="Replicas to load it on (default: experiment's)"
+    )
+    experiment: str | None = Field(
+        default=None, description="Load it on every replica of this experiment's treatment"
+    )
+    base_model: str | None = None
+
+
+class AdapterOut(BaseModel):
+    name: str
+    path: str
+    base_model: str | None
+    urls: list[str]
+    state: str
+    replicas: dict[str, dict[str, Any]]
+    created_at: float
+
+
+class AdapterList(BaseModel):
+    adapters: list[AdapterOut]
+
+
+class SwapRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    treatment_model: str = Field(min_length=1, max_length=200)
+    unload_old: bool = Field(default=False, description="Unload the old adapter once drained")
+    drain_seconds: float = Field(default=30.0, ge=0, le=3600)
+    reason: str = Field(default="", max_length=1000)
+
+
+def _out(record: AdapterRecord) -> AdapterOut:
+    return AdapterOut(
+        name=record.name,
+        path=record.path,
+        base_model=record.base_model,
+        urls=record.urls,
+        state=record.state,
+        created_at=record.created_at,
+        replicas={u: s.model_dump() for u, s in record.replicas.items()},
+    )
+
+
+def _refuse(exc: AdapterError) -> GatewayError:
+    if exc.status == 404:
+        return NotFound(exc.message)
+    if exc.status == 422:
+        return Unprocessable(exc.message)
+    return Conflict(exc.message)
+
+
+def build_adapters_router(gateway: Gateway) -> APIRouter:
+    router = APIRouter(
+        prefix="/admin",
+        tags=["adapters"],
+        responses=ADMIN_ERRORS,
+        dependencies=[Depends(admin_auth(gateway.settings))],
+    )
+    adapters = gateway.adapters
+    background: set[asyncio.Task[None]] = set()
+
+    def in_use(name: str) -> list[str]:
+        return [
+            e.name
+            for e in gateway.table.experiments.values()
+            if e.state in ("draft", "running", "paused")
+            and name in (e.treatment.model, e.control.model)
+        ]
+
+    @router.get("/adapters", response_model=AdapterList)
+    async def list_adapters() -> AdapterList:
+        try:
+            return AdapterList(adapters=[_out(r) for r in await adapters.all()])
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis is unreachable ({exc})") from exc
+
+    @router.post("/adapters", response_model=AdapterOut, status_code=201)
+    async def load_adapter(body: LoadRequest) -> AdapterOut:
+        """Load on every replica, probe each; `state` is `ready` only if all answered."""
+        urls = list(body.base_urls or [])
+        if body.experiment is not None:
+            exp = gateway.table.experiments.get(body.experiment)
+            if exp is None:
+                raise NotFound(f"no experiment named {body.experiment!r}", param="experiment")
+            urls += list(exp.treatment.urls)
+        if not urls:
+            raise Unprocessable(
+                "give base_urls or an experiment whose replicas to use", param="base_urls"
+            )
+        try:
+            record = await adapters.load(body.name, body.path, urls, body.base_model)
+        except AdapterError as exc:
+            raise _refuse(exc) from exc
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis is unreachable ({exc})") from exc
+        return _out(record)
+
+    @router.delete("/adapters/{name}", response_model=AdapterOut)
+    async def unload_adapter(
+        name: AdapterName, drain_seconds: Annotated[float, Query(ge=0, le=3600)] = 30.0
+    ) -> AdapterOut:
+        """Stop using it (refused while an experiment routes to it), drain, unload everywhere."""
+        users = in_use(name)
+        if users:
+            raise Conflict(f"adapter {name!r} is in use by {', '.join(users)}; swap it first")
+        try:
+            return _out(await adapters.unload(name, gateway.in_flight, drain_seconds))
+        except AdapterError as exc:
+            raise _refuse(exc) from exc
+
+    @router.post("/experiments/{name}/swap", response_model=Experiment)
+    async def swap(
+        name: ExperimentName,
+        body: SwapRequest,
+        x_abgate_actor: Annotated[str, Header(max_length=200)] = "admin-api",
+    ) -> Experiment:
+        """Repoint the treatment to a new adapter that is ready on every replica, atomically
+        (versioned and audited); then drain and optionally unload the old one."""
+        exp = gateway.table.experiments.get(name)
+        if exp is None:
+            raise NotFound(f"no experiment named {name!r}")
+        new = body.treatment_model
+        record = await adapters.get(new)
+        if record is None:
+            raise NotFound(f"no adapter named {new!r}; load it first", param="treatment_model")
+        urls = exp.treatment.urls
+        if not record.ready_on(urls):
+            states = {
+                u: record.replicas[u].state if u in record.replicas else "not loaded" for u in urls
+            }
+            raise Conflict(
+                f"adapter {new!r} is not ready on every replica of the treatment: {states}",
+                param="treatment_model",
+            )
+        old = exp.treatment.model
+
+        def repoint(current: Experiment | None, _: dict[str, Experiment]) -> Experiment:
+            if current is None:
+                raise NotFound(f"no experiment named {name!r}")
+            if current.state not in ("draft", "running", "paused"):
+                raise Conflict(f"experiment {name!r} is {current.state}")
+            if current.treatment.model == new:
+                raise Conflict(f"the treatment already uses {new!r}")
+            return bump(current, treatment=current.treatment.model_copy(update={"model": new}))
+
+        doc = await apply_change(
+            gateway.store,
+            name,
+            repoint,
+            actor=x_abgate_actor,
+            action="swap",
+            reason=body.reason or f"{old} -> {new}",
+        )
+        gateway.apply(doc)
+        if body.unload_old and not in_use(old):
+            task = asyncio.create_task(_retire(old, body.drain_seconds))
+            background.add(task)
+            task.add_done_callback(background.discard)
+        return doc.experiments[name]
+
+    async def _retire(model: str, drain_seconds: float) -> None:
+        try:
+            if await adapters.get(model) is not None:
+                await adapters.unload(model, gateway.in_flight, drain_seconds)
+        except (AdapterError, RedisError) as exc:
+            logger.warning("could not unload %s after the swap: %s", model, exc)
+
+    return router

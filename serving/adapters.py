@@ -1,0 +1,286 @@
+"""The LoRA adapter lifecycle on every vLLM replica: load, probe, drain, unload, reconcile.
+
+The registry lives in Redis (``abgate:adapters``: name -> JSON record) so every gateway sees
+the same adapters. A record holds the adapter's immutable name and path, the replicas it
+belongs on, and a state per replica: ``loading``, ``ready``, ``failed`` (with the reason),
+``draining``, ``unloaded``. Names are immutable per version: loading a known name from another
+path is refused, because vLLM would mix the old and new weights (reference vllm-api.md 3.6).
+
+Loading calls ``POST /v1/load_lora_adapter`` on every replica ("already loaded", in either of
+vLLM's error shapes, counts as success), then probes each replica with a one-token completion;
+the adapter is ready only when every replica answered the probe. Operations on one name are
+serialised across gateways by a Redis lock. Unloading waits until no request uses the adapter
+(or a timeout), then calls ``POST /v1/unload_lora_adapter`` on every replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from typing import Literal
+
+import redis.asyncio as aioredis
+from pydantic import BaseModel, ConfigDict, Field
+
+from serving.errors import UpstreamError
+from serving.pool import ReplicaPool
+from serving.upstream import parse_error_body
+
+logger = logging.getLogger(__name__)
+
+REGISTRY_KEY = "abgate:adapters"
+LOCK_PREFIX = "abgate:adapters:lock:"
+STATE_PREFIX = "abgate:adapters:state:"  # hash: replica URL -> state, one field per replica
+ReplicaStateName = Literal["loading", "ready", "failed", "draining", "unloaded"]
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,199}$")
+
+
+class AdapterError(Exception):
+    """A refused adapter operation; `status` is the HTTP status the admin API answers."""
+
+    def __init__(self, message: str, status: int = 409) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+class ReplicaState(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    state: ReplicaStateName
+    reason: str = ""
+    at: float = 0.0
+
+
+class AdapterRecord(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    path: str
+    base_model: str | None = None
+    urls: list[str]
+    replicas: dict[str, ReplicaState] = Field(default_factory=dict)
+    created_at: float = 0.0
+
+    @property
+    def state(self) -> ReplicaStateName:
+        states = {self.replicas.get(u, ReplicaState(state="loading")).state for u in self.urls}
+        for candidate in ("failed", "loading", "draining"):
+            if candidate in states:
+                return candidate
+        return "unloaded" if states == {"unloaded"} else "ready"
+
+    def ready_on(self, urls: tuple[str, ...]) -> bool:
+        return all(self.replicas.get(u, ReplicaState(state="loading")).state == "ready"
+                   for u in urls)  # fmt: skip
+
+    def summary(self) -> dict[str, object]:
+        return {**self.model_dump(), "state": self.state}
+
+
+class AdapterManager:
+    def __init__(self, redis: aioredis.Redis, replicas: ReplicaPool) -> None:
+        self.redis = redis
+        self.replicas = replicas
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    # -- registry ------------------------------------------------------------------------------
+
+    async def get(self, name: str) -> AdapterRecord | None:
+        raw = await self.redis.hget(REGISTRY_KEY, name)
+        if raw is None:
+            return None
+        return await self._with_states(AdapterRecord.model_validate_json(raw))
+
+    async def all(self) -> list[AdapterRecord]:
+        raw = await self.redis.hgetall(REGISTRY_KEY)
+        records = [
+            await self._with_states(AdapterRecord.model_validate_json(v)) for v in raw.values()
+        ]
+        return sorted(records, key=lambda r: r.created_at)
+
+    async def _with_states(self, record: AdapterRecord) -> AdapterRecord:
+        states = await self.redis.hgetall(STATE_PREFIX + record.name)
+        replicas = {
+            (k.decode() if isinstance(k, bytes) else k): ReplicaState.model_validate_json(v)
+            for k, v in states.items()
+        }
+        return record.model_copy(update={"replicas": replicas})
+
+    async def _save(self, record: AdapterRecord) -> None:
+        """The record without its per-replica states (those are written one field each)."""
+        static = record.model_copy(update={"replicas": {}})
+        await self.redis.hset(REGISTRY_KEY, record.name, static.model_dump_json())
+
+    async def _set(self, name: str, url: str, state: ReplicaStateName, reason: str = "") -> None:
+        value = ReplicaState(state=state, reason=reason, at=time.time()).model_dump_json()
+        await self.redis.hset(STATE_PREFIX + name, url, value)
+
+    # -- locking -------------------------------------------------------------------------------
+
+    class _Lock:
+        def __init__(self, manager: AdapterManager, name: str, wait: float) -> None:
+            self.m, self.name, self.wait = manager, name, wait
+            self.token = f"{time.time()}:{id(self)}"
+
+        async def __aenter__(self) -> None:
+            local = self.m._locks.setdefault(self.name, asyncio.Lock())
+            await local.acquire()
+            deadline = time.monotonic() + self.wait
+            key = LOCK_PREFIX + self.name
+            while not await self.m.redis.set(key, self.token, nx=True, px=120_000):
+                if time.monotonic() > deadline:
+                    local.release()
+                    raise AdapterError(f"adapter {self.name!r} is busy (another load or unload)")
+                await asyncio.sleep(0.05)
+
+        async def __aexit__(self, *exc: object) -> None:
+            key = LOCK_PREFIX + self.name
+            if (await self.m.redis.get(key)) in (self.token, self.token.encode()):
+                await self.m.redis.delete(key)
+            self.m._locks[self.name].release()
+
+    def lock(self, name: str, wait: float = 60.0) -> AdapterManager._Lock:
+        return AdapterManager._Lock(self, name, wait)
+
+    # -- load ----------------------------------------------------------------------------------
+
+    async def load(
+        self, name: str, path: str, urls: list[str], base_model: str | None = None
+    ) -> AdapterRecord:
+        if not _NAME.match(name):
+            raise AdapterError(f"invalid adapter name {name!r}", 422)
+        if not path:
+            raise AdapterError("path is required", 422)
+        if not urls:
+            raise AdapterError("at least one replica base URL is required", 422)
+        async with self.lock(name):
+            existing = await self.get(name)
+            if existing is not None and existing.path != path:
+                raise AdapterError(
+                    f"adapter names are immutable per version: {name!r} was loaded from "
+                    f"{existing.path}; load the new weights under a new name (e.g. {name}-v2)"
+                )
+            merged = list(dict.fromkeys([*(existing.urls if existing else []), *urls]))
+            record = AdapterRecord(
+                name=name, path=path, base_model=base_model, urls=merged,
+                replicas=dict(existing.replicas) if existing else {},
+                created_at=existing.created_at if existing else time.time(),
+            )  # fmt: skip
+            await self._save(record)
+            todo = [u for u in urls if not record.ready_on((u,))]
+            await asyncio.gather(*(self._load_on(name, path, u) for u in todo))
+            final = await self.get(name)
+            assert final is not None
+            logger.info("adapter %s: %s on %d replicas", name, final.state, len(final.urls))
+            return final
+
+    async def _load_on(self, name: str, path: str, url: str) -> None:
+        await self._set(name, url, "loading")
+        upstream = self.replicas.replica(url).upstream
+        try:
+            status, body = await upstream.call(
+                "POST", "/load_lora_adapter", json={"lora_name": name, "lora_path": path},
+                limit=300,
+            )  # fmt: skip
+        except UpstreamError as exc:
+            await self._set(name, url, "failed", f"load: {exc}")
+            return
+        if status != 200:
+            info = parse_error_body(body)
+            message = info.message if info else body.decode(errors="replace")[:200]
+            if not (status == 400 and "has already been loaded" in message):
+                if status == 404 and info is not None and info.type is None:
+                    message = "runtime LoRA loading is off (VLLM_ALLOW_RUNTIME_LORA_UPDATING)"
+                await self._set(name, url, "failed", f"load: HTTP {status}: {message}")
+                return
+        await self._probe(name, url)
+
+    async def _probe(self, name: str, url: str) -> None:
+        upstream = self.replicas.replica(url).upstream
+        try:
+            status, body = await upstream.call(
+                "POST", "/chat/completions", limit=60,
+                json={"model": name, "max_tokens": 1,
+                      "messages": [{"role": "user", "content": "ping"}]},
+            )  # fmt: skip
+        except UpstreamError as exc:
+            await self._set(name, url, "failed", f"probe: {exc}")
+            return
+        if status != 200:
+            info = parse_error_body(body)
+            await self._set(name, url, "failed",
+                            f"probe: HTTP {status}: {info.message if info else ''}")  # fmt: skip
+            return
+        await self._set(name, url, "ready")
+
+    # -- unload --------------------------------------------------------------------------------
+
+    async def unload(
+        self, name: str, in_flight: Callable[[str], Awaitable[int]], drain_seconds: float = 30.0
+    ) -> AdapterRecord:
+        async with self.lock(name):
+            record = await self.get(name)
+            if record is None:
+                raise AdapterError(f"no adapter named {name!r}", 404)
+            for url in record.urls:
+                await self._set(name, url, "draining")
+            deadline = time.monotonic() + drain_seconds
+            while (n := await in_flight(name)) > 0:
+                if time.monotonic() > deadline:
+                    logger.warning("adapter %s: %d requests still running; unloading", name, n)
+                    break
+                await asyncio.sleep(0.1)
+            await asyncio.gather(*(self._unload_on(name, u) for u in record.urls))
+            final = await self.get(name)
+            assert final is not None
+            return final
+
+    async def _unload_on(self, name: str, url: str) -> None:
+        try:
+            status, body = await self.replicas.replica(url).upstream.call(
+                "POST", "/unload_lora_adapter", json={"lora_name": name}, limit=60
+            )
+        except UpstreamError as exc:
+            await self._set(name, url, "failed", f"unload: {exc}")
+            return
+        info = parse_error_body(body) if status != 200 else None
+        if status == 200 or (status == 404 and info and "cannot be found" in info.message):
+            await self._set(name, url, "unloaded")
+        else:
+            await self._set(name, url, "failed",
+                            f"unload: HTTP {status}: {info.message if info else ''}")  # fmt: skip
+
+    # -- reconcile -----------------------------------------------------------------------------
+
+    async def reconcile(self) -> list[str]:
+        """Reload adapters that a healthy replica lost (a restart): what it did, per line."""
+        done: list[str] = []
+        for record in await self.all():
+            for url in record.urls:
+                state = record.replicas.get(url)
+                replica = self.replicas.replica(url)
+                if (
+                    state is None
+                    or state.state != "ready"
+                    or not replica.healthy
+                    or replica.models is None
+                    or record.name in replica.models
+                ):
+                    continue
+                logger.warning("replica %s lost adapter %s; reloading", url, record.name)
+                try:
+                    async with self.lock(record.name, wait=0.1):
+                        await self._load_on(record.name, record.path, url)
+                except AdapterError:
+                    continue
+                replica.models = None  # re-read on the next health check
+                done.append(f"reloaded {record.name} on {url}")
+        return done
+
+
+def inflight_key(gateway_id: str) -> str:
+    return f"abgate:inflight:{gateway_id}"
