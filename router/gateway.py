@@ -188,6 +188,12 @@ class Gateway:
     async def on_health_tick(self) -> None:
         """Publish this replica's in-flight counts per model (adapter drains read them) and,
         on one gateway at a time, reconcile adapters with what each replica serves."""
+        now_mono = time.monotonic()
+        for replica in self.replicas.replicas:
+            self.metrics.replica_healthy.labels(replica.url).set(
+                1 if replica.available(now_mono) else 0
+            )
+            self.metrics.replica_outstanding.labels(replica.url).set(replica.outstanding)
         key = inflight_key(self.identity)
         counts: dict[Any, Any] = {m: n for m, n in self.model_inflight.items() if n > 0}
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -205,6 +211,10 @@ class Gateway:
                                 px=int(interval * 1000)):  # fmt: skip
             for line in await self.adapters.reconcile():
                 logger.info("reconciler: %s", line)
+        self.metrics.adapter_state.clear()
+        for record in await self.adapters.all():
+            for url, state in record.replicas.items():
+                self.metrics.adapter_state.labels(record.name, url, state.state).set(1)
 
     async def in_flight(self, model: str) -> int:
         """Requests using `model` right now: here, and on other gateways as they last said."""

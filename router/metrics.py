@@ -126,6 +126,24 @@ class GatewayMetrics:
             ["experiment"],
             registry=registry,
         )
+        self.replica_healthy = Gauge(
+            "abgate_replica_healthy",
+            "1 while a model server replica passes its health checks and is not ejected.",
+            ["replica"],
+            registry=registry,
+        )
+        self.replica_outstanding = Gauge(
+            "abgate_replica_outstanding_requests",
+            "Requests this gateway has in flight to a replica.",
+            ["replica"],
+            registry=registry,
+        )
+        self.adapter_state = Gauge(
+            "abgate_adapter_state",
+            "1 for the adapter's current state on a replica (loading, ready, failed, ...).",
+            ["adapter", "replica", "state"],
+            registry=registry,
+        )
         self.errors = Counter(
             "abgate_errors_total",
             "Unexpected errors caught at the top of a request or a background loop.",

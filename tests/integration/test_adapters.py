@@ -292,6 +292,15 @@ def test_replica_killed_and_restarted(cluster: dict[str, Any]) -> None:
         time.sleep(0.5)
         stop.set()
         thread.join(timeout=30)
-    assert errors == []
-    rec = next(a for a in admin(gw, "GET", "/adapters").json()["adapters"] if a["name"] == "v3")
-    assert rec["state"] == "ready"
+        assert errors == []
+        rec = next(a for a in admin(gw, "GET", "/adapters").json()["adapters"] if a["name"] == "v3")
+        assert rec["state"] == "ready"
+        healthy = f'abgate_replica_healthy{{replica="http://127.0.0.1:{ports[2]}/v1"}} 1.0'
+        deadline = time.monotonic() + 10
+        while healthy not in (metrics := httpx.get(gw.url + "/metrics").text):
+            assert time.monotonic() < deadline, [m for m in metrics.splitlines() if "replica" in m]
+            time.sleep(0.2)
+        ready = f'abgate_adapter_state{{adapter="v3",replica="http://127.0.0.1:{ports[2]}/v1",'
+        assert any(
+            line.startswith(ready) and 'state="ready"} 1.0' in line for line in metrics.splitlines()
+        )
