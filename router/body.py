@@ -71,6 +71,29 @@ def top_level_spans(body: bytes, keys: frozenset[bytes]) -> dict[bytes, tuple[in
     return found
 
 
+def model_span(body: bytes, alias: bytes) -> tuple[int, int] | None:
+    """Span of the top-level `model` value when it can be found without a scan: the body holds
+    exactly one `"model": <alias>` (the top-level member is there, so a single match is it).
+    `alias` is the JSON string literal; None means: use `top_level_spans`."""
+    found = None
+    start = 0
+    while (at := body.find(b'"model"', start)) >= 0:
+        start = at + 7
+        i = start
+        while i < len(body) and body[i] in b" \t\r\n":
+            i += 1
+        if i >= len(body) or body[i] != 0x3A:  # ':'
+            continue
+        i += 1
+        while i < len(body) and body[i] in b" \t\r\n":
+            i += 1
+        if body.startswith(alias, i):
+            if found is not None:
+                return None  # more than one: let the scanner decide
+            found = (i, i + len(alias))
+    return found
+
+
 def closing_brace(body: bytes) -> int:
     """Index of the top-level object's closing brace."""
     return body.rindex(b"}")

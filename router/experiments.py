@@ -296,6 +296,7 @@ class CompiledExperiment:
     experiment: Experiment
     name: str
     version: int
+    alias_json: bytes  # the route alias as a JSON string literal
     name_header: bytes
     salt: bytes
     bps: int
@@ -350,6 +351,7 @@ def compile_table(
             experiment=exp,
             name=exp.name,
             version=exp.version,
+            alias_json=orjson.dumps(exp.route),
             name_header=exp.name.encode(),
             salt=exp.hash_salt.encode(),
             bps=exp.effective_bps,

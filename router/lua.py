@@ -11,6 +11,25 @@ Requests without a unit id count in the per-arm totals but not in the unit-level
 from __future__ import annotations
 
 UNIT_UPDATE = """
+-- Increments of shared hashes (per-arm totals, sums over units, per-minute counters) are added
+-- up in `acc` during the script and written once per field at the end (`flush`): one event's
+-- many HINCRBYFLOATs become one per field per batch. Per-unit hashes are written at once, since
+-- a later event of the same unit in the batch reads them.
+local acc = {}
+local function add(key, field, value)
+  if value == 0 then return end
+  local h = acc[key]
+  if h == nil then h = {}; acc[key] = h end
+  h[field] = (h[field] or 0) + value
+end
+local function flush()
+  for key, fields in pairs(acc) do
+    for field, value in pairs(fields) do
+      if value ~= 0 then redis.call('HINCRBYFLOAT', key, field, value) end
+    end
+  end
+  acc = {}
+end
 local DENOMINATORS = {requests = true, ttft_n = true, votes = true}
 local EXTRA_PAIRS = {{'ttft_ms', 'ttft_n'}, {'fb:thumbs_up', 'votes'}, {'fb:thumbs_down', 'votes'}}
 
@@ -20,12 +39,12 @@ local function unit_update(tag, arm, unit, deltas)
   local skey = tag .. 'units:' .. arm
   local flat = redis.call('HGETALL', ukey)
   if #flat == 0 then
-    redis.call('HINCRBY', skey, 'n', 1)
+    add(skey, 'n', 1)
     -- a unit new to this arm but known to the other moved (the share went up): SRM excludes it
     local other = 'control'
     if arm == 'control' then other = 'treatment' end
     if redis.call('EXISTS', tag .. 'unit:' .. other .. ':' .. unit) == 1 then
-      redis.call('HINCRBY', skey, 'moved_in', 1)
+      add(skey, 'moved_in', 1)
     end
   end
   local old, new = {}, {}
@@ -40,8 +59,8 @@ local function unit_update(tag, arm, unit, deltas)
       old[f] = o
       new[f] = o + d
       redis.call('HINCRBYFLOAT', ukey, f, d)
-      redis.call('HINCRBYFLOAT', skey, 's1:' .. f, d)
-      redis.call('HINCRBYFLOAT', skey, 's2:' .. f, new[f] * new[f] - o * o)
+      add(skey, 's1:' .. f, d)
+      add(skey, 's2:' .. f, new[f] * new[f] - o * o)
     end
   end
   local function pair(num, den)
@@ -49,9 +68,7 @@ local function unit_update(tag, arm, unit, deltas)
     if dn == 0 and dd == 0 then return end
     local before = (old[num] or 0) * (old[den] or 0)
     local after = (new[num] or 0) * (new[den] or 0)
-    if after ~= before then
-      redis.call('HINCRBYFLOAT', skey, 'x:' .. num .. '|' .. den, after - before)
-    end
+    add(skey, 'x:' .. num .. '|' .. den, after - before)
   end
   for f, _ in pairs(new) do
     if f ~= 'requests' then pair(f, 'requests') end
@@ -66,11 +83,11 @@ local function record_feedback(tag, rid, arm, unit, signal, value, ttl, minute, 
   if redis.call('SADD', dkey, signal) == 0 then return 0 end
   redis.call('EXPIRE', dkey, ttl)
   local agg = tag .. 'arm:' .. arm
-  redis.call('HINCRBY', agg, 'feedback', 1)
-  redis.call('HINCRBY', agg, 'fb:' .. signal, 1)
-  redis.call('HINCRBYFLOAT', agg, 'fv:' .. signal, value)
+  add(agg, 'feedback', 1)
+  add(agg, 'fb:' .. signal, 1)
+  add(agg, 'fv:' .. signal, value)
   local mkey = tag .. 'minute:' .. arm .. ':' .. minute
-  redis.call('HINCRBY', mkey, 'feedback', 1)
+  add(mkey, 'feedback', 1)
   redis.call('EXPIRE', mkey, keep)
   local deltas = {['fb:' .. signal] = 1, ['fv:' .. signal] = value}
   if signal == 'thumbs_up' or signal == 'thumbs_down' then deltas['votes'] = 1 end
@@ -87,6 +104,7 @@ RECORD_EVENTS = (
 local maxlen = ARGV[1]
 local keep = tonumber(ARGV[2])
 local written = 0
+local minutes_seen = {}
 for i = 3, #ARGV do
   local e = cjson.decode(ARGV[i])
   local tag = 'abgate:{' .. e.experiment .. '}:'
@@ -102,31 +120,34 @@ for i = 3, #ARGV do
     local agg = tag .. 'arm:' .. e.arm
     local is_error = 0
     if e.error ~= '' then is_error = 1 end
-    redis.call('HINCRBY', agg, 'requests', 1)
-    redis.call('HINCRBY', agg, 'errors', is_error)
-    redis.call('HINCRBY', agg, 'status_' .. string.sub(tostring(e.status), 1, 1) .. 'xx', 1)
-    redis.call('HINCRBYFLOAT', agg, 'latency_ms_sum', e.latency_ms)
-    redis.call('HINCRBYFLOAT', agg, 'latency_ms_sq_sum', e.latency_ms * e.latency_ms)
+    add(agg, 'requests', 1)
+    add(agg, 'errors', is_error)
+    add(agg, 'status_' .. string.sub(tostring(e.status), 1, 1) .. 'xx', 1)
+    add(agg, 'latency_ms_sum', e.latency_ms)
+    add(agg, 'latency_ms_sq_sum', e.latency_ms * e.latency_ms)
     local deltas = {requests = 1, errors = is_error, latency_ms = e.latency_ms,
                     prompt_tokens = e.prompt_tokens, completion_tokens = e.completion_tokens,
                     cost_usd = e.cost_usd}
     if e.ttft_ms >= 0 then
-      redis.call('HINCRBY', agg, 'ttft_count', 1)
-      redis.call('HINCRBYFLOAT', agg, 'ttft_ms_sum', e.ttft_ms)
-      redis.call('HINCRBYFLOAT', agg, 'ttft_ms_sq_sum', e.ttft_ms * e.ttft_ms)
+      add(agg, 'ttft_count', 1)
+      add(agg, 'ttft_ms_sum', e.ttft_ms)
+      add(agg, 'ttft_ms_sq_sum', e.ttft_ms * e.ttft_ms)
       deltas['ttft_ms'] = e.ttft_ms
       deltas['ttft_n'] = 1
     end
-    redis.call('HINCRBY', agg, 'prompt_tokens', e.prompt_tokens)
-    redis.call('HINCRBY', agg, 'completion_tokens', e.completion_tokens)
-    redis.call('HINCRBYFLOAT', agg, 'cost_usd', e.cost_usd)
+    add(agg, 'prompt_tokens', e.prompt_tokens)
+    add(agg, 'completion_tokens', e.completion_tokens)
+    add(agg, 'cost_usd', e.cost_usd)
     local minute = math.floor(e.ts / 60)
     local mkey = tag .. 'minute:' .. e.arm .. ':' .. minute
-    redis.call('HINCRBY', mkey, 'requests', 1)
-    redis.call('HINCRBY', mkey, 'errors', is_error)
-    redis.call('HINCRBYFLOAT', mkey, 'latency_ms_sum', e.latency_ms)
-    redis.call('HINCRBY', mkey, 'completion_tokens', e.completion_tokens)
-    redis.call('EXPIRE', mkey, keep)
+    add(mkey, 'requests', 1)
+    add(mkey, 'errors', is_error)
+    add(mkey, 'latency_ms_sum', e.latency_ms)
+    add(mkey, 'completion_tokens', e.completion_tokens)
+    if minutes_seen[mkey] == nil then
+      minutes_seen[mkey] = true
+      redis.call('EXPIRE', mkey, keep)
+    end
     unit_update(tag, e.arm, e.unit, deltas)
     -- implicit `regenerated`: the same unit repeats its last prompt within the window
     if e.regen > 0 and e.unit ~= '' and e.fp ~= '' then
@@ -141,6 +162,7 @@ for i = 3, #ARGV do
     end
   end
 end
+flush()
 return written
 """
 )
@@ -151,7 +173,9 @@ FEEDBACK = (
     + RECORD_FEEDBACK
     + """
 local tag = 'abgate:{' .. ARGV[1] .. '}:'
-return record_feedback(tag, ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6]),
-                       tonumber(ARGV[7]), ARGV[8], tonumber(ARGV[9]))
+local fresh = record_feedback(tag, ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6]),
+                              tonumber(ARGV[7]), ARGV[8], tonumber(ARGV[9]))
+flush()
+return fresh
 """
 )

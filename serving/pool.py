@@ -37,8 +37,15 @@ class Replica:
     models: frozenset[str] | None = None  # from /v1/models; None until first checked
     last_error: str = ""
 
-    def available(self, now: float) -> bool:
-        return self.healthy and now >= self.ejected_until
+    def available(self, now: float | None = None) -> bool:
+        if not self.healthy:
+            return False
+        if self.ejected_until == 0.0:
+            return True
+        if (time.monotonic() if now is None else now) >= self.ejected_until:
+            self.ejected_until = 0.0  # the ejection is over: re-admitted
+            return True
+        return False
 
     def serves(self, model: str | None) -> bool:
         return model is None or self.models is None or model in self.models
@@ -62,13 +69,13 @@ class ReplicaSet:
         return tuple(r.url for r in self.replicas)
 
     def candidates(self, model: str | None, exclude: Iterable[Replica] = ()) -> list[Replica]:
-        now = time.monotonic()
         skip = {id(r) for r in exclude}
-        return [
-            r for r in self.replicas if id(r) not in skip and r.available(now) and r.serves(model)
-        ]
+        return [r for r in self.replicas if id(r) not in skip and r.available() and r.serves(model)]
 
     def pick(self, model: str | None, exclude: Iterable[Replica] = ()) -> Replica | None:
+        if len(self.replicas) == 1 and not exclude:  # the common case, without allocations
+            only = self.replicas[0]
+            return only if only.available() and only.serves(model) else None
         found = self.candidates(model, exclude)
         if not found:
             return None

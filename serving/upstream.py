@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from types import TracebackType
 
 import aiohttp
 import orjson
 
 from serving.errors import UpstreamConnectError, UpstreamError, UpstreamTimeout
+from serving.h1 import H1Pool, H1Response
 from serving.types import ErrorInfo, Timeouts
 
 logger = logging.getLogger(__name__)
@@ -31,12 +32,15 @@ class UpstreamResponse:
         self._resp = resp
         self._base_url = base_url
         self.status = resp.status
-        self.headers = resp.raw_headers
+        self.headers: Sequence[tuple[bytes, bytes]] = resp.raw_headers
         self.on_close: Callable[[], None] | None = None
 
     @property
     def content_type(self) -> str:
         return self._resp.content_type
+
+    def _release(self) -> None:
+        self._resp.release()
 
     async def read(self) -> bytes:
         try:
@@ -70,10 +74,35 @@ class UpstreamResponse:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._resp.release()
+        self._release()
         if self.on_close is not None:
             callback, self.on_close = self.on_close, None
             callback()
+
+
+class LeanResponse(UpstreamResponse):
+    """The same interface over the lean HTTP/1.1 client's response (serving/h1.py)."""
+
+    def __init__(self, resp: H1Response, base_url: str) -> None:
+        self._h1 = resp
+        self._base_url = base_url
+        self.status = resp.status
+        self.headers = resp.headers
+        self.on_close = None
+
+    @property
+    def content_type(self) -> str:
+        return self._h1.content_type
+
+    def _release(self) -> None:
+        self._h1.release()
+
+    async def read(self) -> bytes:
+        return await self._h1.read()
+
+    async def iter_chunks(self) -> AsyncIterator[bytes]:
+        async for chunk in self._h1.iter_chunks():
+            yield chunk
 
 
 class Upstream:
@@ -82,6 +111,12 @@ class Upstream:
     def __init__(self, base_url: str, *, timeouts: Timeouts, max_connections: int) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeouts = timeouts
+        # the request path's client: the lean HTTP/1.1 client for http, aiohttp for https
+        self._h1 = (
+            H1Pool(self.base_url, max_idle=max_connections)
+            if self.base_url.startswith("http://")
+            else None
+        )
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(
                 limit=max_connections, limit_per_host=max_connections, keepalive_timeout=60
@@ -106,6 +141,13 @@ class Upstream:
         A connection that the server closed while idle in the pool is retried once: nothing of
         that request reached the model server, and nothing has been sent to the client.
         """
+        if self._h1 is not None:
+            t = timeouts or self.timeouts
+            pairs = list(headers.items()) if isinstance(headers, Mapping) else headers
+            lean = await self._h1.request(
+                b"POST", path, pairs, body, connect_timeout=t.connect, read_timeout=t.read
+            )
+            return LeanResponse(lean, self.base_url)
         url = self.base_url + path
         timeout = None
         if timeouts is not None and timeouts != self.timeouts:
@@ -192,6 +234,8 @@ class Upstream:
             ) from exc
 
     async def close(self) -> None:
+        if self._h1 is not None:
+            self._h1.close()
         await self._session.close()
 
 

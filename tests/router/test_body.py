@@ -67,6 +67,21 @@ def test_usage_is_requested_on_streams_only() -> None:
     assert _ask_usage(b'{"model":"a"}', False, False, None) == b'{"model":"a"}'
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.text(), values, max_size=5), st.text(min_size=1), st.booleans())
+def test_fast_path_agrees_with_the_scanner(doc: dict[str, object], alias: str, first: bool) -> None:
+    doc = {k: v for k, v in doc.items() if k != "model"}
+    items = [("model", alias), *doc.items()] if first else [*doc.items(), ("model", alias)]
+    raw = json.dumps(dict(items)).encode()
+    fast = _ask_usage(raw, False, False, b'"t"', False, orjson.dumps(alias))
+    slow = _ask_usage(raw, False, False, b'"t"', False)
+    assert fast == slow
+    nested = json.dumps({"messages": [{"model": alias}], "model": alias}).encode()
+    assert _ask_usage(nested, False, False, b'"t"', False, orjson.dumps(alias)) == _ask_usage(
+        nested, False, False, b'"t"', False
+    )
+
+
 def test_escaped_key_is_found() -> None:
     raw = b'{"m\\u006fdel": "alias"}'
     assert top_level_spans(raw, KEYS) == {b'"model"': (15, 22)}
