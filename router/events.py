@@ -97,7 +97,7 @@ class EventWriter:
         batch: int,
         stream_maxlen: int,
         minute_retention_seconds: int,
-        linger_seconds: float = 0.02,
+        linger_seconds: float = 0.005,
     ) -> None:
         self._redis = redis
         self._metrics = metrics

@@ -35,7 +35,7 @@ class Settings(BaseSettings):
     event_buffer: int = Field(default=200_000, gt=0, description="Events held while Redis is away")
     event_batch: int = Field(default=256, gt=0)
     event_linger_seconds: float = Field(
-        default=0.02, ge=0, le=1, description="Wait this long for a batch to gather"
+        default=0.005, ge=0, le=1, description="Wait this long for a batch to gather"
     )
     event_stream_maxlen: int = Field(default=1_000_000, gt=0)
     feedback_window_seconds: int = Field(default=7 * 86400, gt=0)
