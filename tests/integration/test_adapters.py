@@ -304,3 +304,37 @@ def test_replica_killed_and_restarted(cluster: dict[str, Any]) -> None:
         assert any(
             line.startswith(ready) and 'state="ready"} 1.0' in line for line in metrics.splitlines()
         )
+
+
+def test_adapters_cli(cluster: dict[str, Any]) -> None:
+    import subprocess
+    import sys
+
+    from tests.procs import ROOT, base_env
+
+    gw, emus, tmp = cluster["gw"], cluster["emus"], cluster["tmp"]
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "router", "adapters", *args, "--url", gw.url, "--token", TOKEN],
+            env=base_env(COLUMNS="200"),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    live = emus[:2]  # the third replica was killed by the previous test
+    bases = [arg for u in urls(live) for arg in ("--base-url", u)]
+    loaded = cli("load", "v4", "--path", _adapter(tmp, "v4"), *bases)
+    assert loaded.returncode == 0, loaded.stderr
+    assert "v4: ready" in loaded.stdout
+    listed = cli("list")
+    assert listed.returncode == 0 and "v4" in listed.stdout and "ready" in listed.stdout
+    unloaded = cli("unload", "v4", "--drain-seconds", "1")
+    assert unloaded.returncode == 0 and "v4: unloaded" in unloaded.stdout
+    assert all("v4" not in served(e) for e in live)
+    bad = cli("load", "v5", "--path", "/missing", *bases)
+    assert bad.returncode == 1 and "adapter v5 is failed" in bad.stderr
+    swap = cli("swap", "swap", "nope")
+    assert swap.returncode == 1 and "404" in swap.stderr
