@@ -41,6 +41,16 @@ def find_redis_server() -> str:
     )
 
 
+def stop_process(proc: subprocess.Popen[bytes], grace: float = 15.0) -> int:
+    """SIGTERM, then SIGKILL after `grace` seconds; the exit status."""
+    proc.terminate()
+    try:
+        return proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -101,12 +111,7 @@ class EmbeddedRedis:
         proc, self._proc = self._proc, None
         if proc is None:
             return
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, grace=10)
         if proc.stderr:
             proc.stderr.close()
 

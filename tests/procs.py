@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from router.embedded_redis import free_port
+from router.embedded_redis import free_port, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,12 +46,7 @@ class Proc:
         proc, self.proc = self.proc, None
         if proc is None:
             return None
-        proc.terminate()
-        try:
-            return proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            return proc.wait()
+        return stop_process(proc, grace=20)
 
 
 def base_env(**extra: str) -> dict[str, str]:

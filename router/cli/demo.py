@@ -30,7 +30,7 @@ from rich.live import Live
 from rich.table import Table
 
 from analysis.report import Report, render_html
-from router.embedded_redis import EmbeddedRedis, free_port
+from router.embedded_redis import EmbeddedRedis, free_port, stop_process
 from router.population import Population
 
 BASE_MODEL = "meta-llama/Llama-3.1-8B-Instruct"
@@ -61,12 +61,7 @@ def _process(cmd: list[str], env: dict[str, str], log: Path) -> Iterator[subproc
     try:
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 def _wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 30) -> None:
