@@ -4,8 +4,8 @@ raw per-unit totals, and those equal an independent model of the same operations
 from __future__ import annotations
 
 import itertools
-import os
 from collections import defaultdict
+from collections.abc import Iterator
 
 import orjson
 import pytest
@@ -39,18 +39,11 @@ feedback_op = st.tuples(
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    try:
-        server = EmbeddedRedis(appendonly=False, data_dir=tmp_path_factory.mktemp("r"))
-    except Exception:
-        if os.environ.get("CI") == "true":
-            raise
-        pytest.skip("no redis-server")
-    server.start()
-    c = redis.Redis.from_url(server.url, decode_responses=True)
+def client(redis_server: EmbeddedRedis) -> Iterator[redis.Redis]:
+    """The suite's own redis-server (tests/conftest.py); each example starts from FLUSHALL."""
+    c = redis.Redis.from_url(redis_server.url, decode_responses=True)
     yield c
     c.close()
-    server.cleanup()
 
 
 def _event(n: int, unit: str, arm: str, lat: float, ttft: float, tokens: int, err: bool) -> bytes:
