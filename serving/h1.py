@@ -5,8 +5,9 @@ aiohttp's client was measured to spend about 100 µs of CPU per proxied request 
 objects, header multidicts and connection keys (docs/performance.md); this client writes the
 request in one call and hands the parser's callbacks straight to the waiting coroutine. It does
 only what the proxy needs: plain HTTP (model servers sit on a private network), one request at a
-time per connection, connect and read timeouts, and one retry on a pooled connection that the
-server had already closed. Admin calls (LoRA loads, probes, health checks) keep using aiohttp.
+time per connection (at most `max_connections` per upstream; more requests wait for one),
+connect and read timeouts, and one retry on a pooled connection that the server had already
+closed. Admin calls (LoRA loads, probes, health checks) keep using aiohttp.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class _Conn(asyncio.Protocol):
         self.headers: list[tuple[bytes, bytes]] = []
         self.chunks: deque[bytes] = deque()
         self.complete = False
+        self.keep_alive = False
         self.got_bytes = False
         self.error: Exception | None = None
         self.waiter: asyncio.Future[None] | None = None
@@ -70,6 +72,8 @@ class _Conn(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
+        # llhttp forgets the message's keep-alive once it completes: read it now
+        self.keep_alive = self.parser.should_keep_alive()
         self._wake()
 
     def on_body(self, body: bytes) -> None:
@@ -101,7 +105,7 @@ class _Conn(asyncio.Protocol):
 
     @property
     def reusable(self) -> bool:
-        return self.complete and not self.closed and self.parser.should_keep_alive()
+        return self.complete and not self.closed and self.keep_alive
 
 
 def _expire(waiter: asyncio.Future[None]) -> None:
@@ -147,7 +151,7 @@ class H1Response:
 class H1Pool:
     """Keep-alive connections to one upstream (scheme http, host, port)."""
 
-    def __init__(self, base_url: str, *, max_idle: int = 256) -> None:
+    def __init__(self, base_url: str, *, max_idle: int = 256, max_connections: int = 1000) -> None:
         parts = urlsplit(base_url)
         if parts.scheme != "http":
             raise ValueError("the lean client speaks plain http")
@@ -158,10 +162,14 @@ class H1Pool:
         self.host_header = parts.netloc.encode("latin-1")
         self._idle: deque[_Conn] = deque()
         self._max_idle = max_idle
+        self._max_connections = max_connections
         self._all: set[_Conn] = set()
+        self._opening = 0  # connections being opened (they count against the limit)
+        self._freed: asyncio.Event | None = None  # set when a connection is released
 
     async def _connect(self, limit: float) -> _Conn:
         loop = asyncio.get_running_loop()
+        self._opening += 1
         try:
             _, conn = await asyncio.wait_for(
                 loop.create_connection(lambda: _Conn(loop), self.host, self.port), limit
@@ -172,8 +180,21 @@ class H1Pool:
             raise UpstreamConnectError(
                 f"cannot connect to {self.url}: {exc.strerror or exc}", base_url=self.url
             ) from exc
+        finally:
+            self._opening -= 1
+            if self._freed is not None:
+                self._freed.set()
         self._all.add(conn)
         return conn
+
+    def _take_idle(self) -> _Conn | None:
+        """A pooled connection the server has not closed meanwhile."""
+        while self._idle:
+            conn = self._idle.pop()
+            if not conn.closed:
+                return conn
+            self._discard(conn)
+        return None
 
     async def request(
         self,
@@ -200,8 +221,16 @@ class H1Pool:
         head += [b"\r\n", body]
         payload = b"".join(head)
         for attempt in (0, 1):
-            fresh = not self._idle
-            conn = self._idle.pop() if self._idle else await self._connect(connect_timeout)
+            conn = self._take_idle()
+            while conn is None and len(self._all) + self._opening >= self._max_connections:
+                if self._freed is None:
+                    self._freed = asyncio.Event()
+                self._freed.clear()
+                await self._freed.wait()  # at the connection limit: wait for one to come back
+                conn = self._take_idle()
+            fresh = conn is None
+            if conn is None:
+                conn = await self._connect(connect_timeout)
             conn._reset()
             assert conn.transport is not None
             conn.transport.write(payload)
@@ -227,11 +256,15 @@ class H1Pool:
         if conn.reusable and len(self._idle) < self._max_idle:
             conn.chunks.clear()
             self._idle.append(conn)
+            if self._freed is not None:
+                self._freed.set()
         else:
             self._discard(conn)
 
     def _discard(self, conn: _Conn) -> None:
         self._all.discard(conn)
+        if self._freed is not None:
+            self._freed.set()
         if conn.transport is not None and not conn.closed:
             conn.transport.close()
 

@@ -113,7 +113,7 @@ class Upstream:
         self.timeouts = timeouts
         # the request path's client: the lean HTTP/1.1 client for http, aiohttp for https
         self._h1 = (
-            H1Pool(self.base_url, max_idle=max_connections)
+            H1Pool(self.base_url, max_idle=max_connections, max_connections=max_connections)
             if self.base_url.startswith("http://")
             else None
         )
