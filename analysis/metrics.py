@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from scipy import stats
 
-from analysis.stats._util import insufficient, interval
+from analysis.stats._util import insufficient, normal_result
 from analysis.stats.delta import ratio_estimate
 from analysis.stats.sequential import msprt
 from analysis.types import (
@@ -155,26 +155,15 @@ def difference_test(control: Estimate, treatment: Estimate, alpha: float = 0.05)
     z = diff / se
     p = float(2 * stats.norm.sf(abs(z)))
     q = float(stats.norm.ppf(1 - alpha / 2))
-    rel = rel_ci = None
+    rel = se_rel = None
     if control.value != 0:
-        ratio = treatment.value / control.value
+        rel = treatment.value / control.value - 1
         se_rel = math.sqrt(
             treatment.variance / control.value**2
             + treatment.value**2 * control.variance / control.value**4
         )
-        rel = ratio - 1
-        rel_ci = interval(rel - q * se_rel, rel + q * se_rel)
-    return TestResult(
-        status="ok",
-        method=method,
-        difference=diff,
-        interval=interval(diff - q * se, diff + q * se),
-        p_value=p,
-        statistic=z,
-        relative_lift=rel,
-        relative_interval=rel_ci,
-        significant=p < alpha,
-        alpha=alpha,
+    return normal_result(
+        method, diff=diff, se=se, q=q, p=p, statistic=z, alpha=alpha, rel=rel, se_rel=se_rel
     )
 
 

@@ -138,11 +138,9 @@ def build_report(
     primary = _row(snapshot, policy.primary_metric, "primary", policy)
     if primary is not None:
         rows.append(primary)
-    guard_names = set()
     for spec in policy.guardrails:
         g = evaluate(snapshot, spec.metric, spec.margin, relative=spec.relative, alpha=policy.alpha)
         rows.append(_guardrail_row(g))
-        guard_names.add(spec.metric)
     for name in METRICS:
         if name != policy.primary_metric:
             row = _row(snapshot, name, "secondary", policy)

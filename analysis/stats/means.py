@@ -6,7 +6,7 @@ import math
 
 from scipy import stats
 
-from analysis.stats._util import finite, insufficient, interval
+from analysis.stats._util import finite, insufficient, normal_result
 from analysis.types import TestResult
 
 
@@ -30,21 +30,11 @@ def welch(
     t = diff / se
     p = float(2 * stats.t.sf(abs(t), df))
     q = float(stats.t.ppf(1 - alpha / 2, df))
-    rel = rel_ci = None
+    rel = se_rel = None
     if mean_c != 0:
         rel = mean_t / mean_c - 1
         # delta method for the ratio of two independent means
         se_rel = math.sqrt(b / mean_c**2 + mean_t**2 * a / mean_c**4)
-        rel_ci = interval(rel - q * se_rel, rel + q * se_rel)
-    return TestResult(
-        status="ok",
-        method=method,
-        difference=diff,
-        interval=interval(diff - q * se, diff + q * se),
-        p_value=p,
-        statistic=t,
-        relative_lift=rel,
-        relative_interval=rel_ci,
-        significant=p < alpha,
-        alpha=alpha,
+    return normal_result(
+        method, diff=diff, se=se, q=q, p=p, statistic=t, alpha=alpha, rel=rel, se_rel=se_rel
     )
