@@ -10,14 +10,17 @@ serving.emulator``) and `run` starts uvicorn. Flags that mirror ``vllm serve``: 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import logging
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Literal
 
 import uvicorn
 
+from serving.emulator.answers import AnswerKey, load_answer_key
 from serving.emulator.app import create_app
 from serving.emulator.config import EmulatorConfig, ModelProfile, parse_profile
 from serving.emulator.lora import adapter_exists
@@ -80,6 +83,16 @@ def _profile(raw: str) -> tuple[str, ModelProfile]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _answer_key(raw: str) -> AnswerKey:
+    topic, sep, path = raw.partition("=")
+    if not sep or not topic.strip() or not path.strip():
+        raise argparse.ArgumentTypeError(f"expected TOPIC=FILE, got {raw!r}")
+    try:
+        return load_answer_key(topic.strip(), Path(path.strip()))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the emulator's flags on ``parser``."""
     server = parser.add_argument_group("server")
@@ -124,6 +137,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=_number(0, None, "a non-negative number"),
         default=0.0,
         help="time a runtime adapter load takes",
+    )
+    models.add_argument(
+        "--answer-key",
+        action="append",
+        type=_answer_key,
+        default=[],
+        metavar="TOPIC=FILE",
+        help="JSONL of prompts and right answers (or eval cases with a reference); a profile's "
+        "quality.TOPIC sets how often a model answers them right",
     )
     behaviour = parser.add_argument_group("behaviour (default profile of every model)")
     non_negative = _number(0, None, "a non-negative number")
@@ -181,6 +203,7 @@ def build_config(args: argparse.Namespace, settings: EmulatorSettings) -> Emulat
         max_lora_rank=args.max_lora_rank,
         lora_load_latency_ms=args.lora_load_latency_ms,
         seed=args.seed,
+        answers=functools.reduce(AnswerKey.merged, args.answer_key, AnswerKey({})).entries,
     )
 
 

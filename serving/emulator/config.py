@@ -13,6 +13,8 @@ from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from serving.emulator.answers import ScriptedAnswer
+
 __all__ = ["PROFILE_KEYS", "EmulatorConfig", "ModelProfile", "parse_profile"]
 
 
@@ -25,6 +27,8 @@ class ModelProfile(BaseModel):
         tokens_per_second: decode speed; ``0`` means instant.
         error_rate: probability in [0, 1] that a request fails with an injected server error.
         quality: probability in [0, 1] that an answer is good (see `generate.answer_is_good`).
+        topic_quality: per answer-key topic, the probability of the right answer (prompts of
+            the answer key, `answers.AnswerKey`); topics left out use ``quality``.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -34,10 +38,19 @@ class ModelProfile(BaseModel):
     tokens_per_second: float = Field(default=0.0, ge=0, allow_inf_nan=False)
     error_rate: float = Field(default=0.0, ge=0, le=1)
     quality: float = Field(default=0.8, ge=0, le=1)
+    topic_quality: dict[str, float] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _topic_probabilities(self) -> Self:
+        for topic, value in self.topic_quality.items():
+            if not 0 <= value <= 1:
+                raise ValueError(f"quality.{topic} must be in [0, 1], got {value}")
+        return self
 
 
-#: The keys `parse_profile` accepts, in the order of `ModelProfile`'s fields.
-PROFILE_KEYS: tuple[str, ...] = tuple(ModelProfile.model_fields)
+#: The keys `parse_profile` accepts, in the order of `ModelProfile`'s fields (and
+#: ``quality.<topic>`` for `ModelProfile.topic_quality`).
+PROFILE_KEYS: tuple[str, ...] = tuple(k for k in ModelProfile.model_fields if k != "topic_quality")
 
 
 class EmulatorConfig(BaseModel):
@@ -57,6 +70,7 @@ class EmulatorConfig(BaseModel):
         max_model_len: the context length reported in ``/v1/models`` and enforced on requests.
         max_loras: ``--max-loras``, reported in ``vllm:lora_requests_info``.
         seed: seeds generated text, answer quality and error injection.
+        answers: the answer key (``--answer-key``), by `answers.prompt_key`.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -74,6 +88,7 @@ class EmulatorConfig(BaseModel):
     max_model_len: int = Field(default=8192, ge=1)
     max_loras: int = Field(default=1, ge=1)
     seed: int = 0
+    answers: dict[str, ScriptedAnswer] = Field(default_factory=dict, repr=False)
 
     @model_validator(mode="after")
     def _default_served_names(self) -> Self:
@@ -115,6 +130,7 @@ def parse_profile(spec: str) -> tuple[str, ModelProfile]:
     if not sep or not name:
         raise ValueError(f"profile {spec!r} must look like NAME:key=value,...")
     values: dict[str, float] = {}
+    topics: dict[str, float] = {}
     for item in (part.strip() for part in rest.split(",")):
         if not item:
             continue
@@ -122,7 +138,10 @@ def parse_profile(spec: str) -> tuple[str, ModelProfile]:
         key, raw = key.strip(), raw.strip()
         if not eq:
             raise ValueError(f"profile {name!r}: {item!r} is not key=value")
-        if key not in PROFILE_KEYS:
+        topic = key.removeprefix("quality.") if key.startswith("quality.") else None
+        if topic == "":
+            raise ValueError(f"profile {name!r}: {key!r} names no topic (quality.<topic>)")
+        if topic is None and key not in PROFILE_KEYS:
             raise ValueError(
                 f"profile {name!r}: unknown key {key!r} (expected one of {', '.join(PROFILE_KEYS)})"
             )
@@ -134,12 +153,15 @@ def parse_profile(spec: str) -> tuple[str, ModelProfile]:
             raise ValueError(f"profile {name!r}: {key}={raw!r} is not a number") from None
         if not math.isfinite(number):
             raise ValueError(f"profile {name!r}: {key}={raw!r} is not a finite number")
+        if topic is not None:
+            topics[topic] = number
         values[key] = number
     try:
-        profile = ModelProfile.model_validate(values)
+        plain = {k: v for k, v in values.items() if not k.startswith("quality.")}
+        profile = ModelProfile.model_validate({**plain, "topic_quality": topics})
     except ValidationError as exc:
         first = exc.errors()[0]
-        key = str(first["loc"][0]) if first["loc"] else "?"
+        key = str(first["loc"][0]) if first["loc"] else "quality.<topic>"
         raise ValueError(
             f"profile {name!r}: {key}={values.get(key)!r} is invalid: {first['msg']}"
         ) from None

@@ -26,8 +26,9 @@ from typing import Any, Literal
 import orjson
 
 from serving.emulator import errors
+from serving.emulator.answers import prompt_key
 from serving.emulator.config import EmulatorConfig, ModelProfile
-from serving.emulator.generate import Generation, count_tokens, generate
+from serving.emulator.generate import Generation, count_tokens, generate, scripted
 from serving.emulator.metrics import EmulatorMetrics
 from serving.emulator.protocol import ChatCompletionRequest, CompletionRequest
 
@@ -123,14 +124,7 @@ class Engine:
                     "the completion). Please reduce the length of the messages or completion."
                 )
         choices = tuple(
-            generate(
-                model,
-                prompt,
-                seed=self._config.seed,
-                quality=profile.quality,
-                max_tokens=min(limit or max_len, max_len - length),
-                index=sample,
-            )
+            self._answer(model, profile, prompt, min(limit or max_len, max_len - length), sample)
             for prompt, length in zip(prompts, lengths, strict=True)
             for sample in range(request.n)
         )
@@ -149,6 +143,20 @@ class Engine:
             include_usage=request.wants_usage,
             continuous_usage=request.wants_continuous_usage,
             failure=failure,
+        )
+
+    def _answer(
+        self, model: str, profile: ModelProfile, prompt: str, max_tokens: int, index: int
+    ) -> Generation:
+        seed = self._config.seed
+        known = self._config.answers.get(prompt_key(prompt)) if self._config.answers else None
+        if known is not None:
+            quality = profile.topic_quality.get(known.topic, profile.quality)
+            return scripted(
+                model, prompt, known, seed=seed, quality=quality, max_tokens=max_tokens, index=index
+            )
+        return generate(
+            model, prompt, seed=seed, quality=profile.quality, max_tokens=max_tokens, index=index
         )
 
     def _begin(self, job: Job) -> None:
@@ -292,7 +300,7 @@ class Engine:
                     if step >= len(choice.tokens):
                         continue
                     last = step == len(choice.tokens) - 1
-                    text = choice.tokens[step] if step == 0 else f" {choice.tokens[step]}"
+                    text = choice.tokens[step]
                     piece = self._piece(job, index, text, choice.finish_reason if last else None)
                     emitted += 1
                     yield self._chunk(job, [piece], emitted if continuous else None)

@@ -23,8 +23,11 @@ generated text. This approximates a tokenizer; it is not one.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from typing import Literal
+
+from serving.emulator.answers import ScriptedAnswer
 
 __all__ = [
     "GOOD_ANSWER_MARKER",
@@ -33,6 +36,7 @@ __all__ = [
     "count_tokens",
     "generate",
     "is_good_answer",
+    "scripted",
 ]
 
 #: The last word of every good answer.
@@ -61,7 +65,8 @@ class Generation:
     """One generated choice.
 
     Attributes:
-        tokens: the words; ``" ".join(tokens) == text``.
+        tokens: the text in stream pieces, one token each; ``"".join(tokens) == text`` (every
+            piece after the first carries the whitespace before its word).
         text: the generated text.
         finish_reason: ``"length"`` when ``max_tokens`` cut it short, else ``"stop"``.
         good: whether the full answer was good (it is only judged good by `is_good_answer`
@@ -144,5 +149,30 @@ def generate(
     if max_tokens is not None and max_tokens < len(body):
         body = body[:max_tokens]
         finish = "length"
-    tokens = tuple(body)
-    return Generation(tokens=tokens, text=" ".join(tokens), finish_reason=finish, good=good)
+    tokens = tuple(word if i == 0 else " " + word for i, word in enumerate(body))
+    return Generation(tokens=tokens, text="".join(tokens), finish_reason=finish, good=good)
+
+
+_PIECE = re.compile(r"\s*\S+")
+
+
+def scripted(
+    model: str,
+    prompt: str,
+    answer: ScriptedAnswer,
+    *,
+    seed: int,
+    quality: float,
+    max_tokens: int | None = None,
+    index: int = 0,
+) -> Generation:
+    """The answer of ``model`` to a prompt of the answer key: the right answer with probability
+    ``quality`` (decided by `answer_is_good`, so deterministic), else the wrong one."""
+    good = answer_is_good(model, prompt, seed, quality, index)
+    text = answer.answer if good else answer.wrong
+    pieces = _PIECE.findall(text) or [text]
+    finish: Literal["stop", "length"] = "stop"
+    if max_tokens is not None and max_tokens < len(pieces):
+        pieces = pieces[:max_tokens]
+        finish = "length"
+    return Generation(tokens=tuple(pieces), text="".join(pieces), finish_reason=finish, good=good)
