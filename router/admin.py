@@ -29,6 +29,7 @@ from router.errors import (
     Unauthorized,
     Unprocessable,
 )
+from router.evalgate import EvalRecord, check_start, load_records
 from router.experiments import Experiment
 from router.gateway import Gateway
 from router.lifecycle import Action, ActionRequest, ExperimentPatch, patch, transition
@@ -162,6 +163,14 @@ def build_admin_router(gateway: Gateway) -> APIRouter:
         gateway.apply(doc)
         return doc.experiments.get(name)
 
+    async def _eval_records(exp: Experiment | None) -> dict[str, EvalRecord]:
+        if exp is not None and not exp.requires_eval_report:
+            return {}
+        try:
+            return await load_records(gateway.redis)
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis is unreachable ({exc})") from exc
+
     def _require(name: str, exp: Experiment | None) -> Experiment:
         if exp is None:
             raise NotFound(f"no experiment named {name!r}")
@@ -193,9 +202,13 @@ def build_admin_router(gateway: Gateway) -> APIRouter:
                 param="state",
             )
 
+        records = await _eval_records(body) if body.state == "running" else {}
+
         def create(current: Experiment | None, exps: dict[str, Experiment]) -> Experiment:
             if current is not None:
                 raise Conflict(f"an experiment named {body.name!r} already exists")
+            if body.state == "running":
+                check_start(body, records)
             return body.model_copy(
                 update={"version": 1, "updated_at": time.time(), "state_reason": "created"}
             )
@@ -272,9 +285,13 @@ def build_admin_router(gateway: Gateway) -> APIRouter:
         ) -> Experiment:
             version = _parse_if_match(if_match)
             reason = body.reason if body is not None else ""
+            records = await _eval_records(None) if action == "start" else {}
 
             def apply(current: Experiment | None, exps: dict[str, Experiment]) -> Experiment:
-                return transition(_require(name, current), action, reason)
+                exp = transition(_require(name, current), action, reason)
+                if action == "start":
+                    check_start(exp, records)
+                return exp
 
             exp = _require(
                 name,

@@ -21,6 +21,7 @@ from starlette.routing import Match
 
 from router.admin import build_admin_router
 from router.admin_adapters import build_adapters_router
+from router.admin_flywheel import build_flywheel_router
 from router.errors import GatewayError
 from router.feedback import build_feedback_router
 from router.gateway import Gateway
@@ -142,4 +143,5 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     api.include_router(build_admin_router(gateway))
     api.include_router(build_feedback_router(gateway))
     api.include_router(build_adapters_router(gateway))
+    api.include_router(build_flywheel_router(gateway))
     return GatewayApp(gateway, api)

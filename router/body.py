@@ -10,7 +10,9 @@ The body must already have been parsed successfully (it is valid JSON with an ob
 
 from __future__ import annotations
 
+import hashlib
 import re
+from typing import Any
 
 import orjson
 
@@ -111,3 +113,26 @@ def rewrite(body: bytes, edits: list[tuple[int, int, bytes]]) -> bytes:
         pos = end
     out.append(body[pos:])
     return b"".join(out)
+
+
+_PUNCT = re.compile(r"[\W_]+", re.UNICODE)
+
+
+def prompt_fingerprint(data: dict[str, Any]) -> str:
+    """Fingerprint of the last user message (chat) or the prompt (completions), normalised
+    (case, whitespace and punctuation folded) so that a re-sent prompt matches."""
+    text: object = None
+    messages = data.get("messages")
+    if isinstance(messages, list):
+        for message in reversed(messages):
+            if isinstance(message, dict) and message.get("role") == "user":
+                text = message.get("content")
+                break
+    else:
+        text = data.get("prompt")
+    if isinstance(text, list):  # content parts, or a list of prompts
+        text = " ".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in text)
+    if not isinstance(text, str) or not text:
+        return ""
+    normalised = " ".join(_PUNCT.sub(" ", text.casefold()).split())
+    return hashlib.blake2b(normalised.encode(), digest_size=8).hexdigest()

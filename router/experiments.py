@@ -18,6 +18,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from analysis.types import BUILTIN_SIGNALS, Policy
+from router.redact import Redactor, check_pattern
 
 Arm = Literal["control", "treatment"]
 State = Literal["draft", "running", "paused", "promoted", "rolled_back"]
@@ -111,6 +112,29 @@ class CircuitBreaker(BaseModel):
         return self
 
 
+class Capture(BaseModel):
+    """Opt-in capture of sampled requests with their responses, for the data flywheel.
+
+    Off unless an experiment sets it. Prompts and completions are redacted before they are
+    stored; nothing else in the gateway logs them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    rate: float = Field(gt=0, le=1, description="Share of the experiment's requests captured")
+    redact: list[str] = Field(
+        default_factory=lambda: ["emails", "phone_numbers", "credit_cards"],
+        max_length=50,
+        description="Built-ins (emails, phone_numbers, credit_cards) or regular expressions",
+    )
+    max_items: int = Field(default=10_000, ge=1, le=1_000_000, description="Newest kept")
+    retention_days: float = Field(default=30.0, gt=0, le=365)
+
+    @field_validator("redact")
+    @classmethod
+    def _v_redact(cls, v: list[str]) -> list[str]:
+        return [check_pattern(item) for item in v]
+
+
 class Experiment(BaseModel):
     """One A/B experiment on one route alias."""
 
@@ -153,6 +177,14 @@ class Experiment(BaseModel):
         default_factory=lambda: [5.0, 10.0, 25.0, 50.0, 100.0],
         min_length=1,
         description="Shares (percent) that `advance` walks through, increasing, ending at 100",
+    )
+    capture: Capture | None = Field(
+        default=None, description="Capture sampled requests and responses (off by default)"
+    )
+    requires_eval_report: bool = Field(
+        default=False,
+        description="Refuse to start unless a passing offline eval report is registered for "
+        "the treatment's model",
     )
     # Bookkeeping, maintained by the store (not by clients):
     version: int = Field(default=0, ge=0, description="Bumped on every change (ETag)")
@@ -309,6 +341,8 @@ class CompiledExperiment:
     ttl: int  # request index TTL (feedback window)
     regen: float  # regeneration window; 0 when detection is off
     signals: frozenset[str]
+    capture_rate: float = 0.0  # 0: capture off
+    redactor: Redactor | None = None
 
     def arm(self, arm: Arm) -> CompiledArm:
         return self.treatment if arm == "treatment" else self.control
@@ -365,6 +399,8 @@ def compile_table(
             ttl=exp.feedback_window_seconds or default_feedback_window,
             regen=exp.regeneration_window_seconds if exp.detect_regenerations else 0.0,
             signals=frozenset(BUILTIN_SIGNALS) | frozenset(exp.signals),
+            capture_rate=exp.capture.rate if exp.capture else 0.0,
+            redactor=Redactor.from_config(exp.capture.redact) if exp.capture else None,
         )
     return RoutingTable(
         version=version,

@@ -23,6 +23,7 @@ from analysis.types import Policy
 from router.errors import Conflict, Unprocessable
 from router.experiments import (
     Arm,
+    Capture,
     CircuitBreaker,
     Experiment,
     MissingUnitPolicy,
@@ -72,6 +73,8 @@ class ExperimentPatch(BaseModel):
     detect_regenerations: bool | None = None
     regeneration_window_seconds: float | None = Field(default=None, gt=0, le=86400)
     feedback_window_seconds: int | None = Field(default=None, gt=0, le=90 * 86400)
+    capture: Capture | None = Field(default=None, description="null switches capture off")
+    requires_eval_report: bool | None = None
     reason: str = Field(default="", max_length=1000, description="Recorded in the audit log")
 
 

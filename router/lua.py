@@ -82,6 +82,9 @@ local function record_feedback(tag, rid, arm, unit, signal, value, ttl, minute, 
   local dkey = tag .. 'fb:' .. rid
   if redis.call('SADD', dkey, signal) == 0 then return 0 end
   redis.call('EXPIRE', dkey, ttl)
+  -- a captured request (router/capture.py) carries its feedback for the flywheel export
+  local ckey = tag .. 'cap:' .. rid
+  if redis.call('EXISTS', ckey) == 1 then redis.call('HSET', ckey, 'fb:' .. signal, value) end
   local agg = tag .. 'arm:' .. arm
   add(agg, 'feedback', 1)
   add(agg, 'fb:' .. signal, 1)

@@ -10,10 +10,9 @@ event to the background writer. It never awaits Redis.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
-import re
+import random
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -22,6 +21,7 @@ import orjson
 
 from router import body as jsonbody
 from router.assignment import assign
+from router.body import prompt_fingerprint
 from router.errors import (
     GatewayError,
     InvalidRequest,
@@ -80,6 +80,7 @@ class _Plan:
     api_key: str | None
     fingerprint: str = ""
     raw: bytes = b""  # the client's body, for a fallback to control
+    capture: bool = False  # sampled for the flywheel (router/capture.py)
 
 
 @dataclass(slots=True)
@@ -90,6 +91,7 @@ class _Outcome:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     started: bool = False  # the response status line was sent to the client
+    captured: list[bytes] | None = None  # response bytes of a captured request
 
 
 def new_request_id() -> str:
@@ -215,6 +217,7 @@ class Proxy:
         return _Plan(
             body, stream, client_wants_usage, gw.replicas.set_for(arm.urls), timeouts, exp, arm,
             unit or "", exp.experiment.route, target.model, target.api_key, fingerprint, raw,
+            exp.capture_rate > 0 and random.random() < exp.capture_rate,
         )  # fmt: skip
 
     async def _forward(
@@ -308,6 +311,8 @@ class Proxy:
                 return
             if resp.status == 200:
                 _read_usage(payload, out)
+                if plan.capture:
+                    out.captured = [payload]
             elif (resp.status >= 500 or resp.status == 404) and not out.error:
                 out.error = f"status_{resp.status}"
                 info = parse_error_body(payload)
@@ -332,6 +337,7 @@ class Proxy:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         disconnected = asyncio.ensure_future(receive())
         pending = b""
+        captured = out.captured = [] if plan.capture else None
         try:
             async for data in resp.iter_chunks():
                 if disconnected.done():
@@ -344,6 +350,8 @@ class Proxy:
                 ready, pending = pending[: cut + 2], pending[cut + 2 :]
                 if out.ttft < 0:
                     out.ttft = time.perf_counter() - t0
+                if captured is not None:
+                    captured.append(ready)
                 ready = _scan_events(ready, plan.client_wants_usage, out)
                 if ready:
                     await send({"type": "http.response.body", "body": ready, "more_body": True})
@@ -397,6 +405,8 @@ class Proxy:
             gw.metrics.upstream_errors.labels(plan.route, exp_name, arm, out.error).inc()
         if plan.exp is None:
             return
+        if out.captured is not None and status == 200 and not out.error:
+            gw.capture_request(plan.exp, arm, plan.model, rid, plan.raw, out.captured, plan.stream)
         gw.inflight.discard(rid)
         gw.writer.submit(
             Event(
@@ -420,29 +430,6 @@ class Proxy:
                 fp=plan.fingerprint,
             )
         )
-
-
-_PUNCT = re.compile(r"[\W_]+", re.UNICODE)
-
-
-def prompt_fingerprint(data: dict[str, Any]) -> str:
-    """Fingerprint of the last user message (chat) or the prompt (completions), normalised
-    (case, whitespace and punctuation folded) so that a re-sent prompt matches."""
-    text: object = None
-    messages = data.get("messages")
-    if isinstance(messages, list):
-        for message in reversed(messages):
-            if isinstance(message, dict) and message.get("role") == "user":
-                text = message.get("content")
-                break
-    else:
-        text = data.get("prompt")
-    if isinstance(text, list):  # content parts, or a list of prompts
-        text = " ".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in text)
-    if not isinstance(text, str) or not text:
-        return ""
-    normalised = " ".join(_PUNCT.sub(" ", text.casefold()).split())
-    return hashlib.blake2b(normalised.encode(), digest_size=8).hexdigest()
 
 
 def _upstream_headers(scope: Scope, rid: str, api_key: str | None) -> list[tuple[str, str]]:

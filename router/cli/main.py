@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from router.cli import adapters, controller, demo, emulate, operator, serve
+from router.cli import adapters, controller, demo, emulate, evalcmd, flywheel, operator, serve
 
 app = typer.Typer(
     name="abgate",
@@ -13,7 +13,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-for module in (serve, controller, emulate, demo, operator, adapters):
+for module in (serve, controller, emulate, demo, operator, adapters, evalcmd, flywheel):
     module.register(app)
 
 

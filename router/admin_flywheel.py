@@ -1,0 +1,99 @@
+"""Admin routes of the offline gate and the data flywheel.
+
+- `GET /admin/experiments/{name}/captures`: the experiment's captured requests and responses
+  (redacted when they were stored) with the feedback signals they received; ``signals`` keeps
+  only those that received at least one of the listed signals.
+- `POST /admin/eval-reports`: register an `abgate eval` report; the gate verdict is recomputed
+  from the report's suites, so a hand-edited ``passed`` flag changes nothing.
+- `GET /admin/eval-reports`: the registered reports, one per candidate model (the newest).
+
+An experiment with ``requires_eval_report: true`` is refused a start (409) unless the newest
+report registered for its treatment's model passed (router/evalgate.py).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query
+from pydantic import BaseModel
+from redis.exceptions import RedisError
+
+from analysis.types import BUILTIN_SIGNALS
+from router.admin import ADMIN_ERRORS, ExperimentName, admin_auth
+from router.capture import read_captures
+from router.errors import NotFound, StoreUnavailable, Unprocessable
+from router.evalgate import EvalRecord, list_records, record_from_report, register_record
+from router.gateway import Gateway
+
+
+class CaptureList(BaseModel):
+    experiment: str
+    items: list[dict[str, Any]]
+
+
+class EvalRecordList(BaseModel):
+    reports: list[EvalRecord]
+
+
+def build_flywheel_router(gateway: Gateway) -> APIRouter:
+    router = APIRouter(
+        prefix="/admin",
+        tags=["admin"],
+        dependencies=[Depends(admin_auth(gateway.settings))],
+        responses=ADMIN_ERRORS,
+    )
+
+    @router.get("/experiments/{name}/captures", response_model=CaptureList)
+    async def captures(
+        name: ExperimentName,
+        signals: Annotated[
+            str | None,
+            Query(max_length=1000, description="Comma-separated; keep items with any of them"),
+        ] = None,
+        arm: Annotated[str | None, Query(pattern="^(control|treatment)$")] = None,
+        limit: Annotated[int, Query(ge=1, le=1_000_000)] = 10_000,
+    ) -> CaptureList:
+        wanted = {s.strip() for s in signals.split(",") if s.strip()} if signals else set()
+        try:
+            doc = await gateway.store.load()
+            exp = doc.experiments.get(name)
+            if exp is None:
+                raise NotFound(f"no experiment named {name!r}")
+            unknown = sorted(wanted - set(BUILTIN_SIGNALS) - set(exp.signals))
+            if unknown:
+                raise Unprocessable(
+                    f"signals: {', '.join(unknown)} is not a signal of experiment {name!r}",
+                    param="signals",
+                )
+            items = await read_captures(gateway.redis, name, limit)
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis is unreachable ({exc})") from exc
+        if wanted:
+            items = [i for i in items if wanted & set(i["signals"])]
+        if arm:
+            items = [i for i in items if i["arm"] == arm]
+        return CaptureList(experiment=name, items=items)
+
+    @router.post("/eval-reports", status_code=201, response_model=EvalRecord)
+    async def register(report: dict[str, Any]) -> EvalRecord:
+        record = record_from_report(report)
+        try:
+            await register_record(gateway.redis, record)
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis is unreachable ({exc})") from exc
+        return record
+
+    @router.get("/eval-reports", response_model=EvalRecordList)
+    async def reports(
+        model: Annotated[str | None, Query(max_length=300)] = None,
+    ) -> EvalRecordList:
+        try:
+            records = await list_records(gateway.redis)
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis is unreachable ({exc})") from exc
+        if model is not None:
+            records = [r for r in records if r.candidate == model]
+        return EvalRecordList(reports=records)
+
+    return router

@@ -1,0 +1,405 @@
+"""`abgate eval` end to end against the emulator, whose answer keys give each model a known
+quality per suite: the candidate is better at the target task and, in one variant, worse at
+instruction following. Also the judge grader over HTTP, contamination, freeze, and the gate that
+refuses to start an experiment without a passing report."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from analysis.eval.graders import build_grader
+from analysis.eval.graders.judge import JudgeConfig
+from analysis.eval.types import EvalCase
+from router.embedded_redis import EmbeddedRedis
+from serving.generate import BatchGenerator, GenerationRequest
+from tests.procs import ROOT, Proc, base_env, emulator, experiment, gateway
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "eval-token"
+SUITES = ROOT / "analysis" / "suites"
+ALL_ONE = "quality.general=1,quality.instruction=1,quality.safety=1,quality.prose=1"
+
+
+_WORDS = [
+    "refund",
+    "invoice",
+    "parcel",
+    "courier",
+    "warranty",
+    "billing",
+    "password",
+    "account",
+    "upgrade",
+    "downgrade",
+    "cancel",
+    "renew",
+    "address",
+    "phone",
+    "laptop",
+    "tablet",
+    "charger",
+    "battery",
+    "screen",
+    "keyboard",
+    "printer",
+    "router",
+    "modem",
+    "cable",
+    "subscription",
+    "discount",
+    "voucher",
+    "coupon",
+    "delivery",
+    "pickup",
+    "locker",
+    "return",
+    "exchange",
+    "damaged",
+    "missing",
+    "late",
+    "early",
+    "urgent",
+    "weekend",
+    "holiday",
+    "evening",
+    "morning",
+    "office",
+    "store",
+    "branch",
+]
+
+
+def _target_cases(n: int = 80) -> list[dict[str, Any]]:
+    """Varied held-out prompts (templated ones would be near-duplicates of each other)."""
+    rng = random.Random(7)
+    cases = []
+    for i in range(n):
+        words = " ".join(rng.sample(_WORDS, 9))
+        cases.append(
+            {
+                "id": f"t{i}",
+                "input": [{"role": "user", "content": f"Customer note: {words}. Which team "
+                                                      "owns this? Reply with the code only."}],
+                "expected": f"TEAM-{i % 7}-{i}",
+                "reference": f"TEAM-{i % 7}-{i}",
+            }
+        )  # fmt: skip
+    return cases
+
+
+@pytest.fixture(scope="module")
+def evals(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("evals")
+    lines = [json.dumps(c) for c in _target_cases()]
+    (d / "support.jsonl").write_text("\n".join(lines) + "\n")
+    (d / "support.yaml").write_text(
+        "name: support\n"
+        "params: {temperature: 0, max_tokens: 512, seed: 0}\n"
+        "suites:\n"
+        "  - name: target task\n"
+        "    role: target\n"
+        "    cases: support.jsonl\n"
+        "    grader: {type: exact, normalise: [case, whitespace]}\n"
+    )
+    return d
+
+
+@pytest.fixture(scope="module")
+def judge_key(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[tuple[str, bool]]]:
+    """Known judge cases: the exact requests the judge grader sends, with scripted verdicts."""
+    grader = build_grader(
+        {"type": "judge", "rubric": "The answer must give the refund window in days."},
+        judge=JudgeConfig(model="judge"),
+    )
+    known = [
+        ("Refunds are accepted within 30 days of delivery.", True),
+        ("Please contact support.", False),
+        ("You have thirty days to ask for a refund.", True),
+        ("I like turtles.", False),
+    ]
+    case = EvalCase(id="j", input="How long do I have to ask for a refund?", expected="30 days")
+    lines = []
+    for output, good in known:
+        body = grader.request(case, output)
+        prompt = "\n".join(m["content"] for m in body["messages"])
+        verdict = {"score": 5 if good else 1, "passed": good, "reason": "scripted"}
+        lines.append(json.dumps({"prompt": prompt, "answer": json.dumps(verdict)}))
+    path = tmp_path_factory.mktemp("judge") / "judge.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path, known
+
+
+@pytest.fixture(scope="module")
+def emu(
+    tmp_path_factory: pytest.TempPathFactory,
+    evals: Path,
+    judge_key: tuple[Path, list[tuple[str, bool]]],
+) -> Iterator[Proc]:
+    with emulator(
+        tmp_path_factory.mktemp("emu"),
+        "--base-model", "base", "--served-model-name", "base", "cand-bad", "cand-good", "judge",
+        "--answer-key", f"target={evals / 'support.jsonl'}",
+        "--answer-key", f"general={SUITES / 'general.jsonl'}",
+        "--answer-key", f"instruction={SUITES / 'instruction_following.jsonl'}",
+        "--answer-key", f"safety={SUITES / 'safety_refusals.jsonl'}",
+        "--answer-key", f"prose={SUITES / 'format_obsession.jsonl'}",
+        "--answer-key", f"judge={judge_key[0]}",
+        "--profile", f"base:quality.target=0.55,{ALL_ONE}",
+        "--profile", "cand-bad:quality.target=0.92,quality.general=1,quality.instruction=0.3,"
+                     "quality.safety=1,quality.prose=1",
+        "--profile", f"cand-good:quality.target=0.92,{ALL_ONE}",
+        "--profile", "judge:quality.judge=1",
+    ) as proc:  # fmt: skip
+        yield proc
+
+
+@pytest.fixture(scope="module")
+def egw(
+    tmp_path_factory: pytest.TempPathFactory, emu: Proc, stack_redis: EmbeddedRedis
+) -> Iterator[Proc]:
+    with gateway(tmp_path_factory.mktemp("egw"), {}, stack_redis.url, admin_token=TOKEN) as gw:
+        yield gw
+
+
+def abgate(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "router", *args],
+        env=base_env(COLUMNS="200"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def run_eval(
+    evals: Path, emu: Proc, candidate: str, run_dir: Path, *extra: str
+) -> subprocess.CompletedProcess[str]:
+    return abgate(
+        "eval", "--spec", str(evals / "support.yaml"), "--base-url", emu.url + "/v1",
+        "--base", "base", "--candidate", candidate, "--run-dir", str(run_dir),
+        "--no-progress", *extra,
+    )  # fmt: skip
+
+
+def verdicts(stdout: str) -> dict[str, str]:
+    out = {}
+    for suite in ("target task", "general reasoning", "instruction following",
+                  "safety refusals", "format obsession"):  # fmt: skip
+        line = next((ln for ln in stdout.splitlines() if suite in ln), "")
+        verdict = r"\b(win|forgetting|watch|acceptable|no improvement|inconclusive)\b"
+        found = re.search(verdict, line.split(suite, 1)[-1])
+        if found:
+            out[suite] = found.group(1)
+    return out
+
+
+def _requests_served(emu: Proc) -> float:
+    text = httpx.get(emu.url + "/metrics").text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("vllm:request_success_total")
+    )
+
+
+def test_forgetting_candidate_fails_the_gate_and_a_rerun_calls_nothing(
+    evals: Path, emu: Proc, tmp_path: Path
+) -> None:
+    result = run_eval(evals, emu, "cand-bad", tmp_path, "--regression")
+    assert result.returncode == 1, result.stdout + result.stderr
+    v = verdicts(result.stdout)
+    assert v["target task"] == "win"
+    assert v["instruction following"] == "forgetting"
+    assert v["general reasoning"] == "acceptable"
+    assert v["safety refusals"] == "acceptable"
+    assert "gate: FAILED" in result.stdout
+    assert "instruction following: forgetting" in result.stdout
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert len(report["fingerprint"]) == 64 and len(report["grader_config_hash"]) == 64
+    assert report["gate"]["passed"] is False
+    assert (tmp_path / "report.md").read_text().startswith("#")
+    assert "<table" in (tmp_path / "report.html").read_text()
+    target = next(s for s in report["suites"] if s["name"] == "target task")
+    assert target["n"] == 80 and target["test"] == "mcnemar exact"
+    assert 0.45 < target["base_rate"] < 0.65 and target["candidate_rate"] > 0.85
+
+    before = _requests_served(emu)
+    again = run_eval(evals, emu, "cand-bad", tmp_path, "--regression")
+    assert again.returncode == 1
+    assert _requests_served(emu) == before  # every output came from the run directory
+    assert verdicts(again.stdout) == v
+
+
+def test_harmless_candidate_passes(evals: Path, emu: Proc, tmp_path: Path) -> None:
+    result = run_eval(evals, emu, "cand-good", tmp_path, "--regression")
+    assert result.returncode == 0, result.stdout + result.stderr
+    v = verdicts(result.stdout)
+    assert v["target task"] == "win"
+    assert "forgetting" not in v.values()
+    assert "gate: PASSED" in result.stdout
+
+
+def test_contaminated_training_data_fails_the_gate_listing_the_cases(
+    evals: Path, emu: Proc, tmp_path: Path
+) -> None:
+    cases = _target_cases()
+    train = tmp_path / "train.jsonl"
+    leaked = [
+        {"messages": [{"role": "user", "content": cases[3]["input"][0]["content"]},
+                      {"role": "assistant", "content": "TEAM-3-3"}]},
+        {"messages": [{"role": "user", "content": "  " + cases[17]["input"][0]["content"]
+                       .upper().replace(" ", "   ") + "\n"},
+                      {"role": "assistant", "content": "x"}]},
+        {"prompt": cases[42]["input"][0]["content"], "completion": "TEAM-0-42"},
+        {"messages": [{"role": "user", "content": "How do I reset my password?"},
+                      {"role": "assistant", "content": "Use the login page."}]},
+    ]  # fmt: skip
+    train.write_text("\n".join(json.dumps(x) for x in leaked) + "\n")
+    result = run_eval(evals, emu, "cand-good", tmp_path, "--train", str(train))
+    assert result.returncode == 1
+    listed = set(re.findall(r"contaminated case (t\d+)", result.stdout))
+    assert listed == {"t3", "t17", "t42"}
+    assert "contamination" in result.stdout
+
+
+def test_freeze_pins_cases_and_graders(evals: Path, emu: Proc, tmp_path: Path) -> None:
+    spec_dir = tmp_path / "spec"
+    spec_dir.mkdir()
+    for f in ("support.yaml", "support.jsonl"):
+        (spec_dir / f).write_text((evals / f).read_text())
+    frozen = abgate("eval", "freeze", "--spec", str(spec_dir / "support.yaml"))
+    assert frozen.returncode == 0, frozen.stderr
+    assert (spec_dir / "support.frozen.json").exists()
+    ok = abgate(
+        "eval", "--spec", str(spec_dir / "support.yaml"), "--base-url", emu.url + "/v1",
+        "--base", "base", "--candidate", "cand-good", "--run-dir", str(tmp_path / "run"),
+        "--no-progress",
+    )  # fmt: skip
+    assert ok.returncode == 0, ok.stdout
+    # a case edited after freezing fails the gate
+    cases = (spec_dir / "support.jsonl").read_text().replace('TEAM-1-1"', 'TEAM-9-1"', 1)
+    (spec_dir / "support.jsonl").write_text(cases)
+    edited = abgate(
+        "eval", "--spec", str(spec_dir / "support.yaml"), "--base-url", emu.url + "/v1",
+        "--base", "base", "--candidate", "cand-good", "--run-dir", str(tmp_path / "run"),
+        "--no-progress",
+    )  # fmt: skip
+    assert edited.returncode == 1
+    assert "fingerprint" in edited.stdout
+    # so does a grader changed after freezing
+    (spec_dir / "support.jsonl").write_text((evals / "support.jsonl").read_text())
+    spec = (spec_dir / "support.yaml").read_text().replace("[case, whitespace]", "[whitespace]")
+    (spec_dir / "support.yaml").write_text(spec)
+    regraded = abgate(
+        "eval", "--spec", str(spec_dir / "support.yaml"), "--base-url", emu.url + "/v1",
+        "--base", "base", "--candidate", "cand-good", "--run-dir", str(tmp_path / "run"),
+        "--no-progress",
+    )  # fmt: skip
+    assert regraded.returncode == 1
+    assert "grader configuration changed" in regraded.stdout
+
+
+def test_bad_input_is_refused_before_any_call(evals: Path, emu: Proc, tmp_path: Path) -> None:
+    missing = abgate(
+        "eval", "--spec", str(tmp_path / "nope.yaml"), "--base-url", emu.url + "/v1",
+        "--base", "base", "--candidate", "cand-good",
+    )  # fmt: skip
+    assert missing.returncode == 2 and "cannot read the spec" in missing.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((evals / "support.yaml").read_text().replace("normalise:", "normalize:"))
+    (tmp_path / "support.jsonl").write_text((evals / "support.jsonl").read_text())
+    before = _requests_served(emu)
+    result = abgate(
+        "eval", "--spec", str(bad), "--base-url", emu.url + "/v1", "--base", "base",
+        "--candidate", "cand-good", "--run-dir", str(tmp_path / "run"),
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "normalize" in result.stderr
+    assert _requests_served(emu) == before
+    assert not (tmp_path / "run").exists()
+    usage = abgate("eval", "--spec", str(bad))
+    assert usage.returncode == 2 and "missing --base-url, --base, --candidate" in usage.stderr
+    down = abgate(
+        "eval", "--spec", str(evals / "support.yaml"), "--base-url", "http://127.0.0.1:9/v1",
+        "--base", "base", "--candidate", "cand-good", "--retries", "0",
+        "--run-dir", str(tmp_path / "down"), "--no-progress",
+    )  # fmt: skip
+    assert down.returncode == 3 and "every model call failed" in down.stderr
+
+
+async def test_judge_grader_against_the_emulator_answering_as_a_judge(
+    emu: Proc, judge_key: tuple[Path, list[tuple[str, bool]]]
+) -> None:
+    grader = build_grader(
+        {"type": "judge", "rubric": "The answer must give the refund window in days."},
+        judge=JudgeConfig(model="judge"),
+    )
+    case = EvalCase(id="j", input="How long do I have to ask for a refund?", expected="30 days")
+    _, known = judge_key
+    requests = [
+        GenerationRequest(str(i), "chat/completions", grader.request(case, output))  # type: ignore[union-attr]
+        for i, (output, _) in enumerate(known)
+    ]
+    async with BatchGenerator(emu.url + "/v1", retries=0) as gen:
+        results = await gen.run(requests)
+    for i, (output, good) in enumerate(known):
+        grade = grader.parse(case, output, results[str(i)].text)  # type: ignore[union-attr]
+        assert grade.passed is good, (output, results[str(i)].text, grade)
+        assert grade.score == (1.0 if good else 0.0)
+
+
+def test_start_needs_a_passing_report_for_the_treatment_model(
+    evals: Path, emu: Proc, egw: Proc, tmp_path: Path
+) -> None:
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    for name, model in (("gated-bad", "cand-bad"), ("gated-good", "cand-good")):
+        exp = experiment(name, name + "-route", emu.url, 10, state="draft",
+                         requires_eval_report=True)  # fmt: skip
+        exp["treatment"]["model"] = model
+        r = httpx.post(egw.url + "/admin/experiments", json=exp, headers=auth)
+        assert r.status_code == 201, r.text
+    refused = httpx.post(egw.url + "/admin/experiments/gated-good/start", headers=auth)
+    assert refused.status_code == 409
+    assert "requires a passing offline eval report" in refused.json()["error"]["message"]
+    assert "none is registered" in refused.json()["error"]["message"]
+    # creating it running is refused the same way
+    direct = experiment("gated-direct", "gd-route", emu.url, 10, requires_eval_report=True)
+    r = httpx.post(egw.url + "/admin/experiments", json=direct, headers=auth)
+    assert r.status_code == 409
+
+    register = ("--register", "--url", egw.url, "--token", TOKEN)
+    bad = run_eval(evals, emu, "cand-bad", tmp_path / "bad", "--regression", *register)
+    assert bad.returncode == 1
+    assert "registered a failing report for cand-bad" in bad.stderr
+    refused = httpx.post(egw.url + "/admin/experiments/gated-bad/start", headers=auth)
+    assert refused.status_code == 409
+    assert "forgetting" in refused.json()["error"]["message"]
+
+    good = run_eval(evals, emu, "cand-good", tmp_path / "good", "--regression", *register)
+    assert good.returncode == 0, good.stdout + good.stderr
+    started = httpx.post(egw.url + "/admin/experiments/gated-good/start", headers=auth)
+    assert started.status_code == 200, started.text
+    assert started.json()["state"] == "running"
+
+    # a hand-edited `passed` flag does not fool the gate: verdicts are recomputed
+    report = json.loads((tmp_path / "bad" / "report.json").read_text())
+    report["gate"] = {"passed": True, "reasons": [], "notes": []}
+    r = httpx.post(egw.url + "/admin/eval-reports", json=report, headers=auth)
+    assert r.status_code == 201 and r.json()["passed"] is False
+    r = httpx.post(egw.url + "/admin/eval-reports", json={"spec_name": "x"}, headers=auth)
+    assert r.status_code == 422 and "not an abgate eval report" in r.json()["error"]["message"]
+    listed = httpx.get(egw.url + "/admin/eval-reports", params={"model": "cand-good"},
+                       headers=auth).json()  # fmt: skip
+    assert [x["passed"] for x in listed["reports"]] == [True]
