@@ -38,6 +38,7 @@ from router.store import ConfigStore, GuardLost
 logger = logging.getLogger(__name__)
 
 LOCK_KEY = "abgate:controller:leader"
+DECISION_ACTIONS = ("advance", "promote", "rollback", "pause")
 DECISIONS_MAXLEN = 5000
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -77,6 +78,44 @@ class ControllerMetrics:
             "abgate_controller_errors_total", "Failed evaluations or lock renewals.",
             registry=registry,
         )  # fmt: skip
+        self.srm_mismatch = Gauge(
+            "abgate_experiment_srm_mismatch",
+            "1 when the last evaluation flagged a sample ratio mismatch (the experiment is "
+            "paused), 0 otherwise.",
+            ["experiment"],
+            registry=registry,
+        )
+        self.srm_p_value = Gauge(
+            "abgate_experiment_srm_p_value",
+            "p-value of the last sample ratio mismatch test that had enough units.",
+            ["experiment"],
+            registry=registry,
+        )
+        self._evaluated: set[str] = set()
+
+    def evaluated(self, experiment: str, decision: Decision) -> None:
+        """Export an evaluation: the SRM result, and every decision counter at 0 on first
+        sight, so that the first decision is an increase that rate() and alerts can see."""
+        if experiment not in self._evaluated:
+            self._evaluated.add(experiment)
+            for action in DECISION_ACTIONS:
+                self.decisions.labels(experiment, action)
+        srm = decision.srm
+        if srm is None:
+            return
+        self.srm_mismatch.labels(experiment).set(1 if srm.mismatch else 0)
+        if srm.p_value is not None:  # too few new units in the step: keep the last result
+            self.srm_p_value.labels(experiment).set(srm.p_value)
+
+    def forget(self, keep: set[str] | None = None) -> None:
+        """Drop the per-experiment gauges of experiments not in `keep` (all when None): this
+        process stopped evaluating them, so their last value would go stale."""
+        for name in list(self._evaluated):
+            if keep is not None and name in keep:
+                continue
+            for gauge in (self.srm_mismatch, self.srm_p_value):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(name)
 
 
 class Controller:
@@ -129,6 +168,8 @@ class Controller:
             logger.info(
                 "controller %s %s", self.identity, "is the leader" if leader else "stands by"
             )
+        if self.is_leader and not leader:
+            self.metrics.forget()  # the new leader exports them
         self.is_leader = leader
         self.metrics.leader.set(1 if leader else 0)
 
@@ -141,6 +182,11 @@ class Controller:
 
     async def evaluate_all(self, now: float | None = None) -> list[Decision]:
         doc = await self.store.load()
+        # a paused experiment keeps its last SRM result (the alert stays until it is resumed or
+        # ended); finished and deleted ones lose theirs
+        self.metrics.forget(
+            {e.name for e in doc.experiments.values() if e.state in ("running", "paused")}
+        )
         out: list[Decision] = []
         for exp in doc.experiments.values():
             if exp.state != "running" or not exp.policy.auto:
@@ -161,6 +207,7 @@ class Controller:
                                 snapshot.treatment.units.units, snapshot.treatment.units.moved_in,
                                 now)  # fmt: skip
         decision = decide(exp.policy, snapshot, step, now, exp.ramp_steps)
+        self.metrics.evaluated(exp.name, decision)
         await self.redis.xadd(
             decisions_key(exp.name),
             {"json": decision.model_dump_json()},

@@ -24,12 +24,19 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from router.breaker import Breakers
+from router.capture import CaptureWriter, RawCapture
 from router.changes import apply_change
 from router.errors import ConfigError, Conflict, StoreUnavailable
 from router.events import EventWriter
-from router.experiments import ConfigFile, Experiment, RoutingTable, compile_table
+from router.experiments import (
+    CompiledExperiment,
+    ConfigFile,
+    Experiment,
+    RoutingTable,
+    compile_table,
+)
 from router.lifecycle import transition
-from router.metrics import GatewayMetrics
+from router.metrics import ExperimentInfo, GatewayMetrics
 from router.readmodel import unit_counts
 from router.settings import Settings
 from router.store import CHANNEL, ConfigDoc, ConfigStore
@@ -105,6 +112,7 @@ class Gateway:
             linger_seconds=settings.event_linger_seconds,
         )
         self.adapters = AdapterManager(self.redis, self.replicas)
+        self.capture = CaptureWriter(self.redis, self.registry)
         self.identity = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
         self.model_inflight: Counter[str] = Counter()  # requests running, by upstream model
         self._last_reconcile = 0.0
@@ -127,6 +135,7 @@ class Gateway:
             if self.file_config.experiments:
                 self.apply(ConfigDoc(0, {e.name: e for e in self.file_config.experiments}))
         self.writer.start()
+        self.capture.start()
         self._watcher = asyncio.create_task(self._watch_config(), name="abgate-config-watch")
         self._health = asyncio.create_task(self._health_loop(), name="abgate-health")
         logger.info("gateway started; config version %d", self.table.version)
@@ -140,9 +149,34 @@ class Gateway:
                 with contextlib.suppress(asyncio.CancelledError):
                     await loop_task
         await self.writer.close(self.settings.shutdown_flush_seconds)
+        await self.capture.close(self.settings.shutdown_flush_seconds)
         await self.pool.close()
         await self.redis.aclose()
         logger.info("gateway stopped")
+
+    def capture_request(
+        self,
+        exp: CompiledExperiment,
+        arm: str,
+        model: str,
+        rid: str,
+        request: bytes,
+        response: list[bytes],
+        stream: bool,
+    ) -> None:
+        """Hand a sampled exchange to the capture writer (parsed and redacted off the hot
+        path)."""
+        capture, redactor = exp.experiment.capture, exp.redactor
+        if capture is None or redactor is None:
+            return
+        self.capture.submit(
+            RawCapture(
+                request_id=rid, ts=time.time(), experiment=exp.name, route=exp.experiment.route,
+                arm=arm, model=model, request=request, response=b"".join(response),
+                stream=stream, redactor=redactor, max_items=capture.max_items,
+                ttl_seconds=int(capture.retention_days * 86400),
+            )
+        )  # fmt: skip
 
     # -- configuration -----------------------------------------------------------------------
 
@@ -164,11 +198,20 @@ class Gateway:
         self.breakers.forget({(e.name, e.version) for e in table.routes.values()})
         self.config_loaded = True
         self._models_cache = None
-        self.metrics.config_version.set(doc.version)
-        for exp in table.routes.values():
-            self.metrics.experiment_share.labels(exp.experiment.route, exp.experiment.name).set(
-                exp.bps / 10_000
-            )
+        routed = {c.name: c for c in table.routes.values()}
+        self.metrics.set_config(
+            doc.version,
+            (
+                ExperimentInfo(
+                    route=e.route,
+                    name=e.name,
+                    state=e.state,
+                    share=routed[e.name].bps / 10_000 if e.name in routed else None,
+                    signals=tuple(sorted(routed[e.name].signals)) if e.name in routed else (),
+                )
+                for e in table.experiments.values()
+            ),
+        )
         logger.info("applied config version %d (%d routes)", doc.version, len(table.routes))
 
     async def _health_loop(self) -> None:

@@ -7,6 +7,7 @@ per label tuple so the request path does one dictionary look-up per metric.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -17,6 +18,24 @@ LATENCY_BUCKETS = (
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 _ARM_LABELS = ("route", "experiment", "arm")
+_ARMS = ("control", "treatment")
+
+# Label values exported at 0 from the start, so that dashboards and alerts see a series (and
+# rate() sees the first increment) before anything happened.
+DROP_REASONS = ("buffer_full", "shutdown", "error")
+REDIS_COMPONENTS = ("events", "config", "feedback")
+ERROR_COMPONENTS = ("proxy", "health", "config_watch", "event_writer")
+
+
+@dataclass(frozen=True, slots=True)
+class ExperimentInfo:
+    """What the metrics export of one configured experiment."""
+
+    route: str
+    name: str
+    state: str
+    share: float | None  # applied treatment share (0-1); None when another owns the route
+    signals: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -108,6 +127,13 @@ class GatewayMetrics:
             ["route", "experiment"],
             registry=registry,
         )
+        self.experiment_state = Gauge(
+            "abgate_experiment_state",
+            "1 for the experiment's current lifecycle state (draft, running, paused, promoted, "
+            "rolled_back).",
+            ["route", "experiment", "state"],
+            registry=registry,
+        )
         self.feedback = Counter(
             "abgate_feedback_total",
             "Feedback signals recorded (duplicates not counted), by signal.",
@@ -152,6 +178,41 @@ class GatewayMetrics:
         )
         self._arm_cache: dict[tuple[str, str, str], _ArmSeries] = {}
         self._req_cache: dict[tuple[str, str, str, str], Counter] = {}
+        self._states: dict[str, tuple[str, str, str]] = {}
+        self._shares: dict[str, tuple[str, str]] = {}
+        for reason in DROP_REASONS:
+            self.events_dropped.labels(reason)
+        for component in REDIS_COMPONENTS:
+            self.redis_errors.labels(component)
+        for component in ERROR_COMPONENTS:
+            self.errors.labels(component)
+
+    def set_config(self, version: int, experiments: Iterable[ExperimentInfo]) -> None:
+        """Export a newly applied configuration: its version, each experiment's state (one
+        child set to 1, the previous state's child removed) and applied share; experiments that
+        left the configuration lose their series. Feedback and breaker counters start at 0 so
+        that a rate is defined before the first signal."""
+        self.config_version.set(version)
+        states: dict[str, tuple[str, str, str]] = {}
+        shares: dict[str, tuple[str, str]] = {}
+        for exp in experiments:
+            states[exp.name] = (exp.route, exp.name, exp.state)
+            self.experiment_state.labels(*states[exp.name]).set(1)
+            self.breaker_trips.labels(exp.name)
+            if exp.share is None:
+                continue
+            shares[exp.name] = (exp.route, exp.name)
+            self.experiment_share.labels(exp.route, exp.name).set(exp.share)
+            for arm in _ARMS:
+                for signal in exp.signals:
+                    self.feedback.labels(exp.route, exp.name, arm, signal)
+        for name, labels in self._states.items():
+            if states.get(name) != labels:
+                self.experiment_state.remove(*labels)
+        for name, pair in self._shares.items():
+            if shares.get(name) != pair:
+                self.experiment_share.remove(*pair)
+        self._states, self._shares = states, shares
 
     def arm_series(self, route: str, experiment: str, arm: str) -> _ArmSeries:
         key = (route, experiment, arm)
