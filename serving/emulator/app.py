@@ -47,6 +47,8 @@ logger = logging.getLogger(__name__)
 
 #: ``GET /version``: vLLM 0.11 speaks nested error bodies; flat ones predate 0.10.1.
 EMULATED_VLLM_VERSION = {"nested": "0.11.0+abgate.emulator", "flat": "0.10.0+abgate.emulator"}
+#: Full-length sequences the emulated KV cache holds (for `vllm:kv_cache_usage_perc`).
+KV_SEQUENCES = 16
 
 
 def _json(payload: Any, status: int = 200) -> Response:
@@ -93,6 +95,9 @@ class _Server:
             lora_enabled=config.lora_enabled,
             max_loras=config.max_loras,
         )
+        # A KV cache of KV_SEQUENCES full-length sequences, in 16-token blocks.
+        self.metrics.kv_capacity = config.max_model_len * KV_SEQUENCES
+        self.metrics.cache_config(block_size=16, num_gpu_blocks=self.metrics.kv_capacity // 16)
         self.engine = Engine(config, self.metrics)
 
     def resolve(self, requested: str | None) -> tuple[str, str | None, ModelProfile]:

@@ -17,6 +17,7 @@ content chunk followed by ``data: [DONE]``.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import random
 import time
 from collections.abc import AsyncIterator
@@ -29,7 +30,7 @@ from serving.emulator import errors
 from serving.emulator.answers import prompt_key
 from serving.emulator.config import EmulatorConfig, ModelProfile
 from serving.emulator.generate import Generation, count_tokens, generate, scripted
-from serving.emulator.metrics import EmulatorMetrics
+from serving.emulator.metrics import EmulatorMetrics, RequestTimes
 from serving.emulator.protocol import ChatCompletionRequest, CompletionRequest
 
 __all__ = ["Engine", "Job"]
@@ -55,6 +56,9 @@ class Job:
     include_usage: bool
     continuous_usage: bool
     failure: Failure
+    prefix_key: bytes = b""  # identifies the prompt for the prefix-cache metrics
+    n: int = 1
+    max_tokens: int = 0
 
     @property
     def object_name(self) -> str:
@@ -143,6 +147,9 @@ class Engine:
             include_usage=request.wants_usage,
             continuous_usage=request.wants_continuous_usage,
             failure=failure,
+            prefix_key=hashlib.sha256("\x00".join(prompts).encode()).digest(),
+            n=request.n,
+            max_tokens=limit or max(1, max_len - max(lengths, default=0)),
         )
 
     def _answer(
@@ -162,16 +169,28 @@ class Engine:
     def _begin(self, job: Job) -> None:
         self.in_flight += 1
         self._metrics.request_started(job.adapter, len(job.choices))
+        self._metrics.kv_reserve(job.prompt_tokens + job.completion_tokens)
+        self._metrics.prefix_lookup(job.prefix_key, job.prompt_tokens)
 
-    def _end(self, job: Job, start: float, finished: bool, emitted: int) -> None:
+    def _end(
+        self, job: Job, start: float, finished: bool, emitted: int, first: float | None
+    ) -> None:
         self.in_flight -= 1
         metrics = self._metrics
         metrics.request_finished(job.adapter, len(job.choices))
+        metrics.kv_reserve(-(job.prompt_tokens + job.completion_tokens))
         metrics.prompt_tokens.inc(job.prompt_tokens)
         metrics.generation_tokens.inc(emitted)
         for choice in job.choices:
             metrics.finished(choice.finish_reason if finished else "abort")
-        metrics.e2e_latency.observe(time.monotonic() - start)
+        end = time.monotonic()
+        queue = min(job.profile.latency_ms / 1000, end - start)
+        first_at = first if first is not None else end
+        metrics.request_done(
+            job.prompt_tokens, emitted, job.n, job.max_tokens,
+            RequestTimes(queue=queue, prefill=max(0.0, first_at - start - queue),
+                         decode=end - first_at, e2e=end - start),
+        )  # fmt: skip
 
     async def complete(self, job: Job) -> dict[str, Any]:
         """The non-streaming response body, after the profile's delay."""
@@ -182,13 +201,15 @@ class Engine:
         start = time.monotonic()
         self._begin(job)
         finished = False
+        first: float | None = None
         try:
             await _sleep((profile.latency_ms + profile.ttft_ms) / 1000 + per_token)
-            self._metrics.ttft.observe(time.monotonic() - start)
+            first = time.monotonic()
+            self._metrics.ttft.observe(first - start)
             await _sleep(per_token * (job.steps - 1))
             finished = True
         finally:
-            self._end(job, start, finished, job.completion_tokens if finished else 0)
+            self._end(job, start, finished, job.completion_tokens if finished else 0, first)
         return self._body(job)
 
     def _body(self, job: Job) -> dict[str, Any]:
@@ -283,6 +304,7 @@ class Engine:
         self._begin(job)
         emitted = 0
         finished = False
+        first: float | None = None
         try:
             await _sleep((profile.latency_ms + profile.ttft_ms) / 1000)
             if job.kind == "chat":
@@ -305,7 +327,8 @@ class Engine:
                     emitted += 1
                     yield self._chunk(job, [piece], emitted if continuous else None)
                     if emitted == 1:
-                        self._metrics.ttft.observe(time.monotonic() - start)
+                        first = time.monotonic()
+                        self._metrics.ttft.observe(first - start)
                         if job.failure == "mid":
                             yield _event(errors.stream_error_event(errors.injected_failure(), fmt))
                             yield _DONE
@@ -315,4 +338,4 @@ class Engine:
             finished = True
             yield _DONE
         finally:
-            self._end(job, start, finished, emitted)
+            self._end(job, start, finished, emitted, first)

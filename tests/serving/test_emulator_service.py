@@ -184,8 +184,31 @@ async def test_metrics_use_vllm_names_and_labels(client: httpx.AsyncClient) -> N
         "vllm:generation_tokens_total",
         "vllm:time_to_first_token_seconds_bucket",
         "vllm:lora_requests_info",
+        "vllm:kv_cache_usage_perc",
+        "vllm:num_preemptions_total",
+        "vllm:request_prompt_tokens_bucket",
+        "vllm:request_generation_tokens_bucket",
+        "vllm:request_params_n_bucket",
+        "vllm:request_params_max_tokens_bucket",
+        "vllm:request_max_num_generation_tokens_bucket",
+        "vllm:iteration_tokens_total_bucket",
+        "vllm:inter_token_latency_seconds_bucket",
+        "vllm:request_time_per_output_token_seconds_bucket",
+        "vllm:request_queue_time_seconds_bucket",
+        "vllm:request_inference_time_seconds_bucket",
+        "vllm:request_prefill_time_seconds_bucket",
+        "vllm:request_decode_time_seconds_bucket",
+        "vllm:cache_config_info",
     ):
         assert name in text
+    # the same prompt again is a prefix-cache hit for all its tokens (6 words)
+    assert 'vllm:prefix_cache_queries_total{engine="0",model_name="base"} 6.0' in text
+    assert 'vllm:prefix_cache_hits_total{engine="0",model_name="base"} 0.0' in text
+    await chat(client, model="alias")
+    text = (await client.get("/metrics")).text
+    assert 'vllm:prefix_cache_hits_total{engine="0",model_name="base"} 6.0' in text
+    assert 'vllm:request_generation_tokens_count{engine="0",model_name="base"} 2.0' in text
+    assert 'vllm:kv_cache_usage_perc{engine="0",model_name="base"} 0.0' in text  # all done
 
 
 async def test_lora_metric_only_with_lora() -> None:
