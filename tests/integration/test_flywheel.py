@@ -34,6 +34,8 @@ def fgw(
                 capture={"rate": 1.0, "redact": ["emails", "phone_numbers", r"ACCT-\d+"]},
             ),
             experiment("nocap", "nocap-route", emu.url, 50),
+            experiment("capped", "capped-route", emu.url, 50,
+                       capture={"rate": 1.0, "max_items": 3, "retention_days": 1}),
         ]
     }  # fmt: skip
     with gateway(
@@ -143,3 +145,32 @@ def test_nothing_is_captured_when_capture_is_off(fgw: Proc, stack_redis: Embedde
     finally:
         r.close()
     assert _wait_captures(fgw, "nocap", 0) == []
+
+
+def test_capture_keeps_only_the_newest_max_items(fgw: Proc, stack_redis: EmbeddedRedis) -> None:
+    rids = []
+    for i in range(6):
+        r = httpx.post(
+            fgw.url + "/v1/chat/completions",
+            json={"model": "capped-route", "messages": [{"role": "user", "content": f"q{i}"}]},
+            headers={"X-User-Id": f"c{i}"},
+            timeout=30,
+        )
+        assert r.status_code == 200
+        rids.append(r.headers["x-request-id"])
+        time.sleep(0.05)  # keep the order of arrival at the writer
+    deadline = time.monotonic() + 10
+    client = redis.Redis.from_url(stack_redis.url, decode_responses=True)
+    try:
+        while time.monotonic() < deadline:
+            kept = client.lrange("abgate:{capped}:captures", 0, -1)
+            if kept and kept[0] == rids[-1]:
+                break
+            time.sleep(0.05)
+        assert kept == list(reversed(rids[-3:]))
+        hashes = client.keys("abgate:{capped}:cap:*")
+        assert sorted(hashes) == sorted(f"abgate:{{capped}}:cap:{r}" for r in rids[-3:])
+        ttl = client.ttl(f"abgate:{{capped}}:cap:{rids[-1]}")
+        assert 86000 < ttl <= 86400
+    finally:
+        client.close()

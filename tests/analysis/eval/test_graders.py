@@ -484,3 +484,30 @@ def test_regression_checkers_are_built_in_types() -> None:
     assert isinstance(build_grader({"type": "instruction"}), InstructionGrader)
     with pytest.raises(EvalInputError, match="grader 'prose': takes no options, got strict"):
         build_grader({"type": "prose", "strict": True})
+
+
+def test_a_really_installed_plugin_is_found_through_its_entry_point(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A distribution on sys.path declaring an `abgate.graders` entry point, as `pip install`
+    of a plugin package would leave it."""
+    (tmp_path / "abgate_wordcount.py").write_text(
+        "from analysis.eval.types import Grade\n"
+        "class WordCount:\n"
+        "    kind = 'pass_fail'\n"
+        "    def __init__(self, config):\n"
+        "        self.limit = int(config['max_words'])\n"
+        "    def grade(self, case, output):\n"
+        "        ok = len(output.split()) <= self.limit\n"
+        "        return Grade(passed=ok, score=1.0 if ok else 0.0)\n"
+    )
+    info = tmp_path / "abgate_wordcount-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: abgate-wordcount\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(
+        "[abgate.graders]\nword_count = abgate_wordcount:WordCount\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    grader = build_grader({"type": "word_count", "max_words": 2})
+    assert grader.grade(case(), "two words").passed
+    assert not grader.grade(case(), "now three words").passed
