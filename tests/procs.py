@@ -18,6 +18,13 @@ from router.embedded_redis import free_port, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 
+#: Headless Chromium as the page and report tests run it (no network, no first-run work).
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--hide-scrollbars", "--window-size=1200,2600",
+]  # fmt: skip
+
 
 class Proc:
     def __init__(self, cmd: list[str], env: dict[str, str], log: Path, url: str) -> None:

@@ -17,7 +17,7 @@ import pytest
 
 from router.embedded_redis import EmbeddedRedis
 from router.population import Population
-from tests.procs import Proc, adapter_dir, controller, emulator, gateway
+from tests.procs import CHROMIUM_FLAGS, Proc, adapter_dir, controller, emulator, gateway
 
 pytestmark = pytest.mark.integration
 
@@ -188,13 +188,6 @@ def test_one_leader_and_handover(system: dict[str, Any]) -> None:
     transitions = [((e["before"] or {}).get("treatment_percent"), e["action"]) for e in entries]
     assert len(transitions) == len(set(transitions)), transitions  # nothing applied twice
     assert [a for _, a in transitions] == ["advance", "advance", "advance", "promote"]
-
-
-CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--hide-scrollbars", "--window-size=1200,2600",
-]  # fmt: skip
 
 
 def _count_near(img: Any, rgb: tuple[int, int, int], tol: int = 40) -> int:

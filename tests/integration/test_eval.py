@@ -6,8 +6,10 @@ refuses to start an experiment without a passing report."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -22,7 +24,7 @@ from analysis.eval.graders.judge import JudgeConfig
 from analysis.eval.types import EvalCase
 from router.embedded_redis import EmbeddedRedis
 from serving.generate import BatchGenerator, GenerationRequest
-from tests.procs import ROOT, Proc, base_env, emulator, experiment, gateway
+from tests.procs import CHROMIUM_FLAGS, ROOT, Proc, base_env, emulator, experiment, gateway
 
 pytestmark = pytest.mark.integration
 
@@ -205,6 +207,22 @@ def verdicts(stdout: str) -> dict[str, str]:
     return out
 
 
+def _rendered(page: Path, tmp: Path) -> str:
+    """The DOM headless Chromium builds from ``page`` (the report must load offline)."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        if os.environ.get("CI") == "true":
+            raise AssertionError("chromium is required in CI (.ci/run installs it)")
+        pytest.skip("chromium is not installed")
+    out = subprocess.run(
+        [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp / 'profile'}", "--dump-dom",
+         page.as_uri()],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert "<table" in out.stdout, out.stderr[-2000:]
+    return out.stdout
+
+
 def _requests_served(emu: Proc) -> float:
     text = httpx.get(emu.url + "/metrics").text
     return sum(
@@ -231,6 +249,10 @@ def test_forgetting_candidate_fails_the_gate_and_a_rerun_calls_nothing(
     assert report["gate"]["passed"] is False
     assert (tmp_path / "report.md").read_text().startswith("#")
     assert "<table" in (tmp_path / "report.html").read_text()
+    dom = _rendered(tmp_path / "report.html", tmp_path)
+    assert re.search(r'class="v-forgetting"[^>]*>forgetting<', dom)
+    assert re.search(r'class="v-win"[^>]*>win<', dom)
+    assert "Gate: FAILED" in dom
     target = next(s for s in report["suites"] if s["name"] == "target task")
     assert target["n"] == 80 and target["test"] == "mcnemar exact"
     assert 0.45 < target["base_rate"] < 0.65 and target["candidate_rate"] > 0.85
