@@ -239,9 +239,16 @@ def build_admin_router(gateway: Gateway) -> APIRouter:
         x_abgate_actor: Annotated[str, Header(max_length=200)] = "admin-api",
     ) -> Experiment:
         version = _parse_if_match(if_match)
+        gated = body.treatment is not None or body.requires_eval_report is not None
+        records = await _eval_records(None) if gated else {}
 
         def apply(current: Experiment | None, exps: dict[str, Experiment]) -> Experiment:
-            return patch(_require(name, current), body)
+            before = _require(name, current)
+            after = patch(before, body)
+            live = after.state in ("running", "paused")
+            if live and after.treatment.model != before.treatment.model:
+                check_start(after, records)  # a new treatment model goes live: same gate
+            return after
 
         exp = _require(
             name,
@@ -285,11 +292,12 @@ def build_admin_router(gateway: Gateway) -> APIRouter:
         ) -> Experiment:
             version = _parse_if_match(if_match)
             reason = body.reason if body is not None else ""
-            records = await _eval_records(None) if action == "start" else {}
+            gated = action in ("start", "resume")
+            records = await _eval_records(None) if gated else {}
 
             def apply(current: Experiment | None, exps: dict[str, Experiment]) -> Experiment:
                 exp = transition(_require(name, current), action, reason)
-                if action == "start":
+                if gated:
                     check_start(exp, records)
                 return exp
 

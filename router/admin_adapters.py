@@ -17,6 +17,7 @@ from redis.exceptions import RedisError
 from router.admin import ADMIN_ERRORS, ExperimentName, admin_auth
 from router.changes import apply_change
 from router.errors import Conflict, GatewayError, NotFound, StoreUnavailable, Unprocessable
+from router.evalgate import check_start, load_records
 from router.experiments import Experiment
 from router.gateway import Gateway
 from router.lifecycle import bump
@@ -175,6 +176,10 @@ def build_adapters_router(gateway: Gateway) -> APIRouter:
                 param="treatment_model",
             )
         old = exp.treatment.model
+        try:
+            records = await load_records(gateway.redis) if exp.requires_eval_report else {}
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis is unreachable ({exc})") from exc
 
         def repoint(current: Experiment | None, _: dict[str, Experiment]) -> Experiment:
             if current is None:
@@ -183,7 +188,10 @@ def build_adapters_router(gateway: Gateway) -> APIRouter:
                 raise Conflict(f"experiment {name!r} is {current.state}")
             if current.treatment.model == new:
                 raise Conflict(f"the treatment already uses {new!r}")
-            return bump(current, treatment=current.treatment.model_copy(update={"model": new}))
+            swapped = bump(current, treatment=current.treatment.model_copy(update={"model": new}))
+            if swapped.state in ("running", "paused"):
+                check_start(swapped, records)  # the new adapter needs its own passing report
+            return swapped
 
         doc = await apply_change(
             gateway.store,

@@ -3,8 +3,9 @@
 - `GET /admin/experiments/{name}/captures`: the experiment's captured requests and responses
   (redacted when they were stored) with the feedback signals they received; ``signals`` keeps
   only those that received at least one of the listed signals.
-- `POST /admin/eval-reports`: register an `abgate eval` report; the gate verdict is recomputed
-  from the report's suites, so a hand-edited ``passed`` flag changes nothing.
+- `POST /admin/eval-reports`: register an `abgate eval` report; its verdicts are re-derived
+  from the per-case grades and the gate recomputed (router/evalgate.py); an older report than
+  the one registered is refused (409).
 - `GET /admin/eval-reports`: the registered reports, one per candidate model (the newest).
 
 An experiment with ``requires_eval_report: true`` is refused a start (409) unless the newest
@@ -22,7 +23,7 @@ from redis.exceptions import RedisError
 from analysis.types import BUILTIN_SIGNALS
 from router.admin import ADMIN_ERRORS, ExperimentName, admin_auth
 from router.capture import read_captures
-from router.errors import NotFound, StoreUnavailable, Unprocessable
+from router.errors import Conflict, NotFound, StoreUnavailable, Unprocessable
 from router.evalgate import EvalRecord, list_records, record_from_report, register_record
 from router.gateway import Gateway
 
@@ -52,7 +53,7 @@ def build_flywheel_router(gateway: Gateway) -> APIRouter:
             Query(max_length=1000, description="Comma-separated; keep items with any of them"),
         ] = None,
         arm: Annotated[str | None, Query(pattern="^(control|treatment)$")] = None,
-        limit: Annotated[int, Query(ge=1, le=1_000_000)] = 10_000,
+        limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
     ) -> CaptureList:
         wanted = {s.strip() for s in signals.split(",") if s.strip()} if signals else set()
         try:
@@ -79,9 +80,14 @@ def build_flywheel_router(gateway: Gateway) -> APIRouter:
     async def register(report: dict[str, Any]) -> EvalRecord:
         record = record_from_report(report)
         try:
-            await register_record(gateway.redis, record)
+            kept = await register_record(gateway.redis, record)
         except RedisError as exc:
             raise StoreUnavailable(f"Redis is unreachable ({exc})") from exc
+        if kept is not record:
+            raise Conflict(
+                f"a report on {record.candidate!r} that finished later ({kept.finished_at}) is "
+                "already registered; the newest result stands"
+            )
         return record
 
     @router.get("/eval-reports", response_model=EvalRecordList)

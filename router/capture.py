@@ -47,12 +47,23 @@ redis.call('EXPIRE', ckey, tonumber(ARGV[5]))
 local list = tag .. 'captures'
 redis.call('LPUSH', list, rid)
 local max = tonumber(ARGV[4])
-while redis.call('LLEN', list) > max do
+-- at most 100 evictions per capture, so that lowering max_items never blocks Redis for long;
+-- the list converges to the cap as new captures arrive
+local evicted = 0
+while evicted < 100 and redis.call('LLEN', list) > max do
   local old = redis.call('RPOP', list)
   redis.call('DEL', tag .. 'cap:' .. old)
+  evicted = evicted + 1
 end
 return 1
 """
+
+
+#: Exchanges (request plus response bytes) above this are not captured: redaction and storage
+#: stay cheap, and one huge prompt cannot hold the writer up.
+MAX_ITEM_BYTES = 512 * 1024
+#: Bytes waiting for the writer, at most; beyond, captures are dropped (Redis away).
+MAX_QUEUED_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +103,19 @@ def _sse_text(body: bytes) -> str:
     return "".join(parts)
 
 
+def _content_text(content: object) -> str:
+    """A message's text: the string, or its text parts joined (images and audio dropped)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(
+            p["text"]
+            for p in content
+            if isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+        )
+    return ""
+
+
 def extract_exchange(request: bytes, response: bytes, stream: bool) -> tuple[Any, str] | None:
     """``(input, output)``: the request's messages (or prompt) and the first choice's text;
     ``None`` when either cannot be read (nothing is stored then)."""
@@ -101,9 +125,9 @@ def extract_exchange(request: bytes, response: bytes, stream: bool) -> tuple[Any
         return None
     if isinstance(body.get("messages"), list):
         messages = [
-            {"role": str(m.get("role", "user")), "content": m["content"]}
+            {"role": str(m.get("role", "user")), "content": text}
             for m in body["messages"]
-            if isinstance(m, dict) and isinstance(m.get("content"), str)
+            if isinstance(m, dict) and (text := _content_text(m.get("content")))
         ]
         if not messages:
             return None
@@ -133,30 +157,49 @@ class CaptureWriter:
     """A bounded queue drained by one background task; full means the capture is dropped."""
 
     def __init__(
-        self, redis: aioredis.Redis, registry: CollectorRegistry, capacity: int = 1000
+        self,
+        redis: aioredis.Redis,
+        registry: CollectorRegistry,
+        capacity: int = 1000,
+        max_item_bytes: int = MAX_ITEM_BYTES,
+        max_queued_bytes: int = MAX_QUEUED_BYTES,
     ) -> None:
         self._redis = redis
         self._queue: asyncio.Queue[RawCapture] = asyncio.Queue(capacity)
+        self.max_item_bytes = max_item_bytes
+        self.max_queued_bytes = max_queued_bytes
+        self._queued_bytes = 0
         self._script = redis.register_script(CAPTURE)
         self._task: asyncio.Task[None] | None = None
         self.results = Counter(
             "abgate_captures_total",
             "Sampled requests handled by the flywheel capture, by result "
-            "(stored, dropped, unreadable, failed).",
+            "(stored, dropped, too_large, unreadable, failed).",
             ["result"],
             registry=registry,
         )
-        for result in ("stored", "dropped", "unreadable", "failed"):
+        for result in ("stored", "dropped", "too_large", "unreadable", "failed"):
             self.results.labels(result)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="abgate-capture")
 
-    def submit(self, item: RawCapture) -> None:
-        try:
-            self._queue.put_nowait(item)
-        except asyncio.QueueFull:
+    def accepts(self, size: int) -> bool:
+        """Whether an exchange of ``size`` bytes may be captured (counted when it may not)."""
+        if size > self.max_item_bytes:
+            self.results.labels("too_large").inc()
+            return False
+        if self._queued_bytes + size > self.max_queued_bytes or self._queue.full():
             self.results.labels("dropped").inc()
+            return False
+        return True
+
+    def submit(self, item: RawCapture) -> None:
+        size = len(item.request) + len(item.response)
+        if not self.accepts(size):
+            return
+        self._queued_bytes += size
+        self._queue.put_nowait(item)
 
     async def close(self, flush_seconds: float = 2.0) -> None:
         if self._task is None:
@@ -180,6 +223,7 @@ class CaptureWriter:
                 self.results.labels("failed").inc()
                 logger.exception("capture failed")
             finally:
+                self._queued_bytes -= len(item.request) + len(item.response)
                 self._queue.task_done()
 
     async def _store(self, item: RawCapture) -> None:

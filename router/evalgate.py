@@ -1,14 +1,18 @@
 """The link between the offline gate and the online experiment.
 
-`abgate eval ... --register` posts its report to the admin API; the gateway re-checks it (the
-gate verdict is recomputed from the report's suites with `analysis.eval.verdict.gate`, so a
-hand-edited ``passed`` flag changes nothing) and keeps the newest record per candidate model in
-the Redis hash ``abgate:eval:reports``. An experiment with ``requires_eval_report: true`` can only
-start (or be created running) when the newest record for its treatment's model passed.
+`abgate eval ... --register` posts its report to the admin API; the gateway re-checks it: every
+suite's verdict is re-derived from its per-case grades and thresholds (a report whose verdicts do
+not follow is refused with 422), the gate is recomputed from the suites, and the report passes
+only if both the runner's gate and the recomputed one passed (so a hand-edited ``passed`` flag or
+verdict changes nothing). The record with the newest ``finished_at`` per candidate model is kept
+in the Redis hash ``abgate:eval:reports``. An experiment with ``requires_eval_report: true`` can
+only start, resume, be created running, or get a new treatment model while live, when that record
+passed and compared the candidate with the experiment's control model.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import time
 from typing import Any
@@ -16,9 +20,10 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 from pydantic import BaseModel, ValidationError
+from redis.exceptions import WatchError
 
 from analysis.eval.report import EvalReport
-from analysis.eval.verdict import gate
+from analysis.eval.verdict import gate, judge_suite
 from router.errors import Conflict, Unprocessable
 from router.experiments import Experiment
 
@@ -59,23 +64,35 @@ def record_from_report(raw: dict[str, Any]) -> EvalRecord:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "body"
         raise Unprocessable(f"not an abgate eval report: {where}: {first['msg']}") from None
-    # Contamination and fingerprint problems are in the reasons the runner recorded; suite
-    # verdicts are re-derived here.
+    # Each suite's verdict must follow from its per-case grades with its own thresholds.
+    for suite in report.suites:
+        redone = judge_suite(
+            suite.name, suite.role, suite.thresholds, suite.kind,
+            [None if r.base_error else r.base for r in suite.rows],
+            [None if r.candidate_error else r.candidate for r in suite.rows],
+        )  # fmt: skip
+        if redone.verdict != suite.verdict:
+            raise Unprocessable(
+                f"suite {suite.name!r}: the report says {suite.verdict!r}, its per-case grades "
+                f"say {redone.verdict!r}"
+            )
     recomputed = gate(
         report.suites,
         contamination_ok=not any(r.startswith("contamination") for r in report.gate.reasons),
         fingerprint_ok=not any(r.startswith("fingerprint") for r in report.gate.reasons),
     )
+    # the runner's own reasons (contamination, a changed grader, ...) stand as well
+    reasons = list(dict.fromkeys([*report.gate.reasons, *recomputed.reasons]))
     return EvalRecord(
         candidate=report.candidate_model,
         base=report.base_model,
         spec=report.spec_name,
-        passed=recomputed.passed,
-        reasons=recomputed.reasons,
+        passed=report.gate.passed and recomputed.passed,
+        reasons=reasons,
         fingerprint=report.fingerprint,
         grader_config_hash=report.grader_config_hash,
         report_sha256=hashlib.sha256(orjson.dumps(raw, option=orjson.OPT_SORT_KEYS)).hexdigest(),
-        finished_at=report.finished_at.isoformat(),
+        finished_at=report.finished_at.astimezone(dt.UTC).isoformat(),
         registered_at=time.time(),
         suites=[
             SuiteVerdict(
@@ -86,8 +103,24 @@ def record_from_report(raw: dict[str, Any]) -> EvalRecord:
     )
 
 
-async def register_record(redis: aioredis.Redis, record: EvalRecord) -> None:
-    await redis.hset(REPORTS_KEY, record.candidate, record.model_dump_json())
+async def register_record(redis: aioredis.Redis, record: EvalRecord) -> EvalRecord:
+    """Keep ``record`` unless a report that finished later is already registered for the same
+    candidate; the one kept is returned."""
+    async with redis.pipeline(transaction=True) as pipe:
+        while True:
+            try:
+                await pipe.watch(REPORTS_KEY)
+                raw = await pipe.hget(REPORTS_KEY, record.candidate)
+                current = EvalRecord.model_validate_json(raw) if raw else None
+                if current is not None and current.finished_at > record.finished_at:
+                    await pipe.unwatch()  # type: ignore[no-untyped-call]
+                    return current
+                pipe.multi()  # type: ignore[no-untyped-call]
+                pipe.hset(REPORTS_KEY, record.candidate, record.model_dump_json())
+                await pipe.execute()
+                return record
+            except WatchError:
+                continue
 
 
 async def list_records(redis: aioredis.Redis) -> list[EvalRecord]:
@@ -111,6 +144,12 @@ def check_start(exp: Experiment, records: dict[str, EvalRecord]) -> None:
             f"experiment {exp.name!r} requires a passing offline eval report for its treatment "
             f"model {model!r}, and none is registered: run `abgate eval ... --candidate {model} "
             "--register`"
+        )
+    if record.base != exp.control.model:
+        raise Conflict(
+            f"experiment {exp.name!r}: the newest eval report for {model!r} compared it with "
+            f"{record.base!r}, but the experiment's control is {exp.control.model!r}; run "
+            f"`abgate eval --base {exp.control.model} --candidate {model} ... --register`"
         )
     if not record.passed:
         raise Conflict(

@@ -38,7 +38,10 @@ from analysis.eval.verdict import GateResult, SuiteResult, gate, judge_suite
 from analysis.suites import REGRESSION_SUITES, load_regression_suite, regression_grader
 from serving.generate import BatchGenerator, GenerationRequest, GenerationResult, OutputCache
 
-__all__ = ["EvalOptions", "Suite", "freeze", "frozen_path", "load_suites", "run_eval"]
+__all__ = [
+    "EndpointUnavailable", "EvalOptions", "Suite", "freeze", "frozen_path", "load_suites",
+    "run_eval",
+]  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +69,7 @@ class EvalOptions:
     concurrency: int = 8
     retries: int = 4
     timeout: float = 120.0
+    fresh: bool = False  # ignore (and replace) the run directory's cached outputs
     progress: Callable[[str, int], None] | None = None  # (phase, total) when a phase starts
     advance: Callable[[], None] | None = None  # one call done
     warnings: list[str] = field(default_factory=list)
@@ -137,14 +141,16 @@ def _body(model: str, case: EvalCase, spec: EvalSpec) -> tuple[str, dict[str, An
     return "chat/completions", {"model": model, "messages": messages, **params}
 
 
-def _key(endpoint: str, body: dict[str, Any]) -> str:
-    canonical = json.dumps([endpoint, body], sort_keys=True, ensure_ascii=False)
+def _key(scope: str, endpoint: str, body: dict[str, Any]) -> str:
+    """The cache key: where it runs (URL and, for models, what the name stood for), the
+    endpoint and the exact body (model, input, sampling parameters)."""
+    canonical = json.dumps([scope, endpoint, body], sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _request(model: str, case: EvalCase, spec: EvalSpec) -> GenerationRequest:
+def _request(model: str, case: EvalCase, spec: EvalSpec, scope: str) -> GenerationRequest:
     endpoint, body = _body(model, case, spec)
-    return GenerationRequest(_key(endpoint, body), endpoint, body)  # type: ignore[arg-type]
+    return GenerationRequest(_key(scope, endpoint, body), endpoint, body)  # type: ignore[arg-type]
 
 
 def _generator(url: str, key: str | None, opts: EvalOptions, cache: OutputCache) -> BatchGenerator:
@@ -154,28 +160,38 @@ def _generator(url: str, key: str | None, opts: EvalOptions, cache: OutputCache)
     )  # fmt: skip
 
 
+class EndpointUnavailable(Exception):
+    """Every call to one endpoint failed: nothing can be compared."""
+
+
 async def _generate(
     suites: list[Suite], spec: EvalSpec, opts: EvalOptions, cache: OutputCache
-) -> dict[str, GenerationResult]:
-    jobs: dict[str, list[GenerationRequest]] = {}
-    for model, url in ((opts.base, opts.base_url), (opts.candidate, opts.candidate_url)):
-        jobs.setdefault(url or opts.base_url, []).extend(
-            _request(model, c, spec) for s in suites for c in s.cases
-        )
-    total = sum(len(v) for v in jobs.values())
-    if opts.progress:
-        opts.progress("generating", total)
-    results: dict[str, GenerationResult] = {}
-    for url, requests in jobs.items():
+) -> dict[tuple[str, str, str], CaseOutput]:
+    """Every case's output from both models, by (suite, case id, "base" or "candidate")."""
+    plans: list[tuple[str, str, str, dict[tuple[str, str], GenerationRequest]]] = []
+    sides = (("base", opts.base, opts.base_url), ("candidate", opts.candidate, opts.candidate_url))
+    for side, model, url in sides:
+        url = url or opts.base_url
         async with _generator(url, opts.api_key, opts, cache) as gen:
-            results.update(await gen.run(requests, lambda _: opts.advance and opts.advance()))
-    return results
-
-
-def _output(model: str, case: EvalCase, result: GenerationResult) -> CaseOutput:
-    return CaseOutput(
-        case_id=case.id, model=model, text=result.text, error=result.error, cached=result.cached
-    )
+            root = (await gen.model_roots()).get(model, "")
+        scope = f"{url.rstrip('/')}|{model}|{root}"
+        reqs = {(s.name, c.id): _request(model, c, spec, scope) for s in suites for c in s.cases}
+        plans.append((side, model, url, reqs))
+    if opts.progress:
+        opts.progress("generating", sum(len(r) for *_, r in plans))
+    outputs: dict[tuple[str, str, str], CaseOutput] = {}
+    for side, model, url, reqs in plans:
+        async with _generator(url, opts.api_key, opts, cache) as gen:
+            done = await gen.run(reqs.values(), lambda _: opts.advance and opts.advance())
+        if done and all(r.error is not None for r in done.values()):
+            first = next(iter(done.values())).error
+            raise EndpointUnavailable(f"every call to {model!r} at {url} failed ({first})")
+        for (suite, case_id), req in reqs.items():
+            r = done[req.key]
+            outputs[(suite, case_id, side)] = CaseOutput(
+                case_id=case_id, model=model, text=r.text, error=r.error, cached=r.cached
+            )
+    return outputs
 
 
 async def _judge(
@@ -190,30 +206,42 @@ async def _judge(
         if not is_model_grader(s.grader):
             continue
         for c in s.cases:
-            for model in (opts.base, opts.candidate):
-                out = outputs[(s.name, c.id, model)]
+            for side in ("base", "candidate"):
+                out = outputs[(s.name, c.id, side)]
                 if out.error is None:
                     body = s.grader.request(c, out.text)
-                    key = _key("judge", body)
+                    key = _key(_judge_scope(spec, opts), "chat/completions", body)
                     requests.append(GenerationRequest(key, "chat/completions", body))
     if not requests:
         return {}
     if opts.progress:
         opts.progress("judging", len(requests))
-    url = opts.judge_url or (spec.judge.base_url if spec.judge else None) or opts.base_url
+    url = _judge_url(spec, opts)
     async with _generator(url, opts.judge_api_key or opts.api_key, opts, cache) as gen:
-        return await gen.run(requests, lambda _: opts.advance and opts.advance())
+        done = await gen.run(requests, lambda _: opts.advance and opts.advance())
+    if all(r.error is not None for r in done.values()):
+        first = next(iter(done.values())).error
+        raise EndpointUnavailable(f"every call to the judge at {url} failed ({first})")
+    return done
+
+
+def _judge_url(spec: EvalSpec, opts: EvalOptions) -> str:
+    return opts.judge_url or (spec.judge.base_url if spec.judge else None) or opts.base_url
+
+
+def _judge_scope(spec: EvalSpec, opts: EvalOptions) -> str:
+    return "judge|" + _judge_url(spec, opts).rstrip("/")
 
 
 def _grade(
-    s: Suite, case: EvalCase, out: CaseOutput, judged: dict[str, GenerationResult]
+    s: Suite, case: EvalCase, out: CaseOutput, judged: dict[str, GenerationResult], scope: str
 ) -> Grade | None:
     if out.error is not None:
         return None
     grader = s.grader
     if is_model_grader(grader):
         body = grader.request(case, out.text)
-        verdict = judged.get(_key("judge", body))
+        verdict = judged.get(_key(scope, "chat/completions", body))
         if verdict is None or verdict.error is not None:
             return None
         return grader.parse(case, out.text, verdict.text)
@@ -251,23 +279,24 @@ async def run_eval(spec_path: Path, opts: EvalOptions) -> EvalReport:
     contamination_ok = contamination_within(hits, len(own), spec.contamination.max_fraction)
 
     run_dir = opts.run_dir
-    cache = OutputCache(run_dir / "outputs.jsonl" if run_dir else None)
-    generated = await _generate(suites, spec, opts, cache)
-    outputs: dict[tuple[str, str, str], CaseOutput] = {}
-    for s in suites:
-        for c in s.cases:
-            for model in (opts.base, opts.candidate):
-                outputs[(s.name, c.id, model)] = _output(
-                    model, c, generated[_request(model, c, spec).key]
-                )
+    cache_file = run_dir / "outputs.jsonl" if run_dir else None
+    if opts.fresh and cache_file is not None:
+        cache_file.unlink(missing_ok=True)
+    cache = OutputCache(cache_file)
+    outputs = await _generate(suites, spec, opts, cache)
     judged = await _judge(suites, outputs, spec, opts, cache)
+    scope = _judge_scope(spec, opts)
 
     results: list[SuiteResult] = []
     for s in suites:
-        base_out = [outputs[(s.name, c.id, opts.base)] for c in s.cases]
-        cand_out = [outputs[(s.name, c.id, opts.candidate)] for c in s.cases]
-        base_grades = [_grade(s, c, o, judged) for c, o in zip(s.cases, base_out, strict=True)]
-        cand_grades = [_grade(s, c, o, judged) for c, o in zip(s.cases, cand_out, strict=True)]
+        base_out = [outputs[(s.name, c.id, "base")] for c in s.cases]
+        cand_out = [outputs[(s.name, c.id, "candidate")] for c in s.cases]
+        base_grades = [
+            _grade(s, c, o, judged, scope) for c, o in zip(s.cases, base_out, strict=True)
+        ]
+        cand_grades = [
+            _grade(s, c, o, judged, scope) for c, o in zip(s.cases, cand_out, strict=True)
+        ]
         result = judge_suite(
             s.name, s.role, s.thresholds, s.grader.kind, base_grades, cand_grades,
             base_outputs=base_out, cand_outputs=cand_out,
@@ -278,11 +307,24 @@ async def run_eval(spec_path: Path, opts: EvalOptions) -> EvalReport:
         verdict = GateResult(
             passed=False, reasons=[*verdict.reasons, *extra_reasons], notes=verdict.notes
         )
-    failed_calls = sum(1 for r in generated.values() if r.error is not None)
     warnings = list(opts.warnings)
-    if failed_calls:
-        first = next(r.error for r in generated.values() if r.error is not None)
-        warnings.append(f"{failed_calls} model calls failed after retries (first: {first})")
+    failed = [o for o in outputs.values() if o.error is not None]
+    if failed:
+        warnings.append(
+            f"{len(failed)} model calls failed after retries (first: {failed[0].error})"
+        )
+    judge_failed = [r for r in judged.values() if r.error is not None]
+    if judge_failed:
+        warnings.append(
+            f"{len(judge_failed)} judge calls failed after retries; those cases are left out "
+            f"(first: {judge_failed[0].error})"
+        )
+    reused = sum(o.cached for o in outputs.values()) + sum(r.cached for r in judged.values())
+    if reused:
+        warnings.append(
+            f"{reused} outputs reused from {cache_file} (same endpoint, model, adapter path, "
+            "input and parameters); --fresh calls everything again"
+        )
     return EvalReport(
         spec_name=spec.name, base_model=opts.base, candidate_model=opts.candidate,
         started_at=started, finished_at=dt.datetime.now(dt.UTC), fingerprint=fp,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import socket
 import time
@@ -169,12 +170,14 @@ class Gateway:
         capture, redactor = exp.experiment.capture, exp.redactor
         if capture is None or redactor is None:
             return
+        if not self.capture.accepts(len(request) + sum(len(chunk) for chunk in response)):
+            return
         self.capture.submit(
             RawCapture(
                 request_id=rid, ts=time.time(), experiment=exp.name, route=exp.experiment.route,
                 arm=arm, model=model, request=request, response=b"".join(response),
                 stream=stream, redactor=redactor, max_items=capture.max_items,
-                ttl_seconds=int(capture.retention_days * 86400),
+                ttl_seconds=max(1, math.ceil(capture.retention_days * 86400)),
             )
         )  # fmt: skip
 

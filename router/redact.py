@@ -14,7 +14,11 @@ from dataclasses import dataclass
 
 __all__ = ["BUILTIN", "Redactor", "check_pattern"]
 
-_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
+# Anchored at the start of a local part: without the look-behind, a long run of local-part
+# characters would be rescanned from every position (quadratic time on hostile input).
+_EMAIL = re.compile(
+    r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"
+)
 # A run of digits with the separators phone numbers use; kept only with 7 to 15 digits, so
 # that years, prices and short counts stay.
 _PHONE = re.compile(r"(?<![\w.])\+?\(?\d[\d\s().-]{5,}\d(?![\w.]*\d)")

@@ -136,6 +136,20 @@ class BatchGenerator:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
+    async def model_roots(self) -> dict[str, str]:
+        """``id -> root`` from ``/models`` (an adapter's root is its path, so a retrained
+        adapter loaded under the same name differs); empty when the endpoint cannot say."""
+        try:
+            resp = await self._client.get("/models")
+            cards = resp.json().get("data", []) if resp.status_code == 200 else []
+        except (httpx.HTTPError, ValueError, AttributeError):
+            return {}
+        return {
+            str(c["id"]): str(c.get("root") or "")
+            for c in cards
+            if isinstance(c, dict) and "id" in c
+        }
+
     async def run(
         self,
         requests: Iterable[GenerationRequest],
@@ -174,7 +188,11 @@ class BatchGenerator:
                 if resp.status_code == 200:
                     try:
                         payload = resp.json()
+                        if not isinstance(payload, dict):
+                            raise ValueError("the response is not a JSON object")
                         usage = payload.get("usage") or {}
+                        if not isinstance(usage, dict):
+                            usage = {}
                         return GenerationResult(
                             req.key, _text_of(req.endpoint, payload), attempts=attempt,
                             usage={k: int(v) for k, v in usage.items() if isinstance(v, int)},

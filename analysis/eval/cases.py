@@ -182,15 +182,18 @@ def case_hash(case: EvalCase) -> str:
         {"input": <normalised prompt> | [[role, <normalised content>], ...],
          "expected": <expected as given>, "fields": <fields as given>}
 
-    The id, ``reference`` and ``metadata`` are left out: renaming a case or retagging it does
-    not change what is measured; changing its input (beyond case and spacing), its expected
-    answer or its grader-specific fields (a pattern, a schema) does.
+    plus ``"reference"`` when the case has one. The id and ``metadata`` are left out: renaming
+    a case or retagging it does not change what is measured; changing its input (beyond case
+    and spacing), its expected answer, its reference (an LLM judge is shown it) or its
+    grader-specific fields (a pattern, a schema) does.
     """
     if isinstance(case.input, str):
         norm_input: Any = normalise_text(case.input)
     else:
         norm_input = [[m.role, normalise_text(m.content)] for m in case.input]
     payload = {"input": norm_input, "expected": case.expected, "fields": case.fields}
+    if case.reference is not None:
+        payload["reference"] = case.reference
     return hashlib.sha256(_canonical(payload)).hexdigest()
 
 

@@ -68,13 +68,15 @@ class GenerationParams(_Strict):
 class Thresholds(_Strict):
     """What a suite's delta must show (in percentage points, candidate − base); see
     `analysis.eval.verdict` for the rules. ``min_n``: below it the suite gets a small-sample
-    warning."""
+    warning. ``max_failed_fraction``: above this share of cases with a failed model call
+    (either model), the suite is *incomplete* and the gate fails."""
 
     win_margin: float = 0.0
     forgetting_points: float = Field(default=5.0, ge=0.0)
     watch_points: float = Field(default=1.0, ge=0.0)
     alpha: float = Field(default=0.05, gt=0.0, lt=1.0)
     min_n: int = Field(default=30, ge=1)
+    max_failed_fraction: float = Field(default=0.02, ge=0.0, le=1.0)
 
 
 class SuiteSpec(_Strict):
@@ -190,14 +192,16 @@ def grader_config_hash(
 
         {"suites": [{"name", "role", "grader": <effective config>, "thresholds"}, ...
                     sorted by name],
-         "judge": {"model", "temperature", "seed", "max_tokens"} | null}
+         "judge": {"model", "temperature", "seed", "max_tokens"} | null,
+         "params": <the models' sampling parameters>}
 
     The effective grader config has every default filled in (a rubric, a normalisation list,
     a threshold), so writing a default out does not change the hash and changing a default
     in a new abgate version does. Left out: the judge's ``base_url`` and ``api_key_env``
     (where the judge runs, not how it judges), the cases' paths (their content is the
-    fingerprint's business), ``params`` (how the compared models are sampled) and
-    ``contamination``.
+    fingerprint's business) and ``contamination``. ``params`` (how the compared models are
+    sampled: temperature, max_tokens...) are in: changing them after seeing a result changes
+    what was measured.
     """
     suites = []
     for suite in sorted(spec.suites, key=lambda s: s.name):
@@ -210,6 +214,10 @@ def grader_config_hash(
                 "thresholds": suite.thresholds.model_dump(mode="json"),
             }
         )
-    payload = {"suites": suites, "judge": spec.judge.hashed() if spec.judge else None}
+    payload = {
+        "suites": suites,
+        "judge": spec.judge.hashed() if spec.judge else None,
+        "params": spec.params.model_dump(mode="json"),
+    }
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()

@@ -7,9 +7,13 @@ McNemar test (pass/fail) or the bootstrap's dual p-value (score). See `analysis.
 
 Verdict rules, first match wins, with the suite's thresholds (all in points):
 
+0. **incomplete**: more than ``max_failed_fraction`` (2 %) of the cases have a failed model
+   call (either model): the comparison cannot be trusted;
 1. **forgetting**: delta ≤ −``forgetting_points`` (5) and p < ``alpha`` (0.05): a proven,
    material drop;
-2. **win**: the interval's lower bound > ``win_margin`` (0): a proven gain beyond the margin;
+2. **win**: the interval's lower bound > ``win_margin`` (0) and p < α: a proven gain beyond
+   the margin (both, so that a percentile interval on few discordant pairs cannot claim a win
+   the exact test does not support);
 3. **watch**: delta < −``watch_points`` (1), or delta < 0 with p < α: a drop too large to
    ignore that is not (yet) proven material, or a proven drop smaller than the forgetting
    line;
@@ -20,11 +24,12 @@ With n = 100, "99 % → 97 %" (delta −2, two discordant cases, p = 0.5) is *wa
 "74 % → 73 %" (delta −1) is *acceptable*; "88 % → 71 %" on 100 cases is *forgetting*.
 Comparisons allow 1e-9 points of rounding, so −1.0000000000000009 is not below −1.
 
-A failed model call (a ``None`` grade, or a `CaseOutput` with ``error``) counts as a failed
-case (score 0) for that model, and the suite's warning says how many there were.
+A failed model call (a ``None`` grade, or a `CaseOutput` with ``error``) removes its case from
+the comparison for *both* models (a failure on one side must not count for or against
+either), the statistics use the complete pairs (``n``), and the warning says how many failed.
 
-`gate` fails when any target suite is not a win, any suite is forgetting, contamination
-exceeds the spec's limit, or the cases do not match the pinned fingerprint.
+`gate` fails when any target suite is not a win, any suite is forgetting or incomplete,
+contamination exceeds the spec's limit, or the cases do not match the pinned fingerprint.
 """
 
 from __future__ import annotations
@@ -56,7 +61,9 @@ __all__ = [
 ]
 
 Role = Literal["target", "regression"]
-Verdict = Literal["win", "forgetting", "watch", "acceptable", "inconclusive", "no improvement"]
+Verdict = Literal[
+    "win", "forgetting", "watch", "acceptable", "inconclusive", "no improvement", "incomplete"
+]
 _EPS = 1e-9
 POWER = 0.8
 
@@ -84,7 +91,8 @@ class SuiteResult(BaseModel):
     label: str
     role: Role
     kind: GraderKind
-    n: int
+    n: int  # complete pairs: cases where neither model's call failed
+    n_cases: int = 0  # cases in the suite
     base_rate: float
     candidate_rate: float
     delta_points: float
@@ -100,6 +108,7 @@ class SuiteResult(BaseModel):
     candidate_errors: int = 0
     warning: str | None = None
     verdict: Verdict
+    thresholds: Thresholds = Field(default_factory=Thresholds)
     rows: list[CaseRow]
 
 
@@ -120,7 +129,7 @@ def classify(
     significant = p_value < thresholds.alpha
     if delta_points <= -thresholds.forgetting_points + _EPS and significant:
         return "forgetting"
-    if ci_low > thresholds.win_margin + _EPS:
+    if ci_low > thresholds.win_margin + _EPS and significant:
         return "win"
     if delta_points < -thresholds.watch_points - _EPS or (delta_points < -_EPS and significant):
         return "watch"
@@ -167,14 +176,14 @@ def judge_suite(
     ``case_ids`` (or the outputs' ``case_id``) name the rows; outputs also give the rows
     their text for the report's failure examples.
     """
-    n = len(base_grades)
-    lengths = {len(cand_grades), n}
+    n_cases = len(base_grades)
+    lengths = {len(cand_grades), n_cases}
     for extra in (case_ids, base_outputs, cand_outputs):
         if extra is not None:
             lengths.add(len(extra))
     if len(lengths) != 1:
         raise ValueError(f"suite {name!r}: grades, outputs and ids differ in length")
-    if n == 0:
+    if n_cases == 0:
         raise EvalInputError(f"suite {name!r}: no cases to compare", source=name)
     base, base_err = _effective(base_grades, base_outputs, "base")
     cand, cand_err = _effective(cand_grades, cand_outputs, "candidate")
@@ -183,45 +192,58 @@ def judge_suite(
     elif base_outputs is not None:
         ids = [o.case_id for o in base_outputs]
     else:
-        ids = [str(i + 1) for i in range(n)]
+        ids = [str(i + 1) for i in range(n_cases)]
 
+    n_base_err = sum(e is not None for e in base_err)
+    n_cand_err = sum(e is not None for e in cand_err)
+    keep = [i for i in range(n_cases) if base_err[i] is None and cand_err[i] is None]
+    n = len(keep)
     if kind == "pass_fail":
-        xb = np.array([g.passed for g in base], dtype=np.float64)
-        xc = np.array([g.passed for g in cand], dtype=np.float64)
+        xb = np.array([base[i].passed for i in keep], dtype=np.float64)
+        xc = np.array([cand[i].passed for i in keep], dtype=np.float64)
     else:
-        xb = np.array([g.score for g in base], dtype=np.float64)
-        xc = np.array([g.score for g in cand], dtype=np.float64)
+        xb = np.array([base[i].score for i in keep], dtype=np.float64)
+        xc = np.array([cand[i].score for i in keep], dtype=np.float64)
     confidence = 1.0 - thresholds.alpha
-    boot = paired_bootstrap_test(xb, xc, n_resamples=n_resamples, confidence=confidence, seed=seed)
     discordant: tuple[int, int] | None = None
-    if kind == "pass_fail":
-        mc = mcnemar_exact([g.passed for g in base], [g.passed for g in cand])
-        p_value, test = mc.p_value, "mcnemar exact"
-        discordant = (mc.b, mc.c)
-    else:
-        p_value, test = boot.p_value, "paired bootstrap"
-    base_rate = float(xb.mean())
-    second_moment = float(np.mean((xc - xb) ** 2))
-    mde = minimum_detectable_effect(
-        n,
-        base_rate,
-        alpha=thresholds.alpha,
-        power=POWER,
-        discordance=second_moment if second_moment > 0 else None,
+    test: Literal["mcnemar exact", "paired bootstrap"] = (
+        "mcnemar exact" if kind == "pass_fail" else "paired bootstrap"
     )
-    delta = 100.0 * (float(xc.mean()) - base_rate)
-    ci_low, ci_high = 100.0 * boot.interval.low, 100.0 * boot.interval.high
+    if n:
+        boot = paired_bootstrap_test(
+            xb, xc, n_resamples=n_resamples, confidence=confidence, seed=seed
+        )
+        if kind == "pass_fail":
+            mc = mcnemar_exact(list(xb.astype(bool)), list(xc.astype(bool)))
+            p_value = mc.p_value
+            discordant = (mc.b, mc.c)
+        else:
+            p_value = boot.p_value
+        base_rate, cand_rate = float(xb.mean()), float(xc.mean())
+        second_moment = float(np.mean((xc - xb) ** 2))
+        mde = minimum_detectable_effect(
+            n,
+            base_rate,
+            alpha=thresholds.alpha,
+            power=POWER,
+            discordance=second_moment if second_moment > 0 else None,
+        )
+        ci_low, ci_high = 100.0 * boot.interval.low, 100.0 * boot.interval.high
+    else:  # every case failed on one side: nothing to compare
+        p_value, base_rate, cand_rate, mde, ci_low, ci_high = 1.0, 0.0, 0.0, 1.0, -100.0, 100.0
+    delta = 100.0 * (cand_rate - base_rate)
 
     warnings = []
     small = small_n_warning(n, mde, thresholds.min_n)
     if small is not None:
         warnings.append(small)
-    n_base_err = sum(e is not None for e in base_err)
-    n_cand_err = sum(e is not None for e in cand_err)
-    if n_base_err or n_cand_err:
+    failed = n_cases - n
+    if failed:
         warnings.append(
-            f"{n_base_err} base / {n_cand_err} candidate calls failed (counted as failures)"
+            f"{failed} of {n_cases} cases left out: {n_base_err} base / {n_cand_err} candidate "
+            "calls failed"
         )
+    incomplete = failed > thresholds.max_failed_fraction * n_cases + _EPS or n == 0
     rows = [
         CaseRow(
             case_id=ids[i],
@@ -232,16 +254,17 @@ def judge_suite(
             base_error=base_err[i],
             candidate_error=cand_err[i],
         )
-        for i in range(n)
+        for i in range(n_cases)
     ]
     return SuiteResult(
         name=name,
-        label=f"{name} ({n} held-out)" if role == "target" else f"{name} ({n} cases)",
+        label=f"{name} ({n_cases} held-out)" if role == "target" else f"{name} ({n_cases} cases)",
         role=role,
         kind=kind,
         n=n,
+        n_cases=n_cases,
         base_rate=base_rate,
-        candidate_rate=float(xc.mean()),
+        candidate_rate=cand_rate,
         delta_points=delta,
         ci_low=ci_low,
         ci_high=ci_high,
@@ -254,7 +277,8 @@ def judge_suite(
         base_errors=n_base_err,
         candidate_errors=n_cand_err,
         warning="; ".join(warnings) or None,
-        verdict=classify(role, delta, ci_low, p_value, thresholds),
+        verdict="incomplete" if incomplete else classify(role, delta, ci_low, p_value, thresholds),
+        thresholds=thresholds,
         rows=rows,
     )
 
@@ -270,7 +294,12 @@ def gate(
     if not results:
         reasons.append("no suite was evaluated")
     for r in results:
-        if r.verdict == "forgetting":
+        if r.verdict == "incomplete":
+            reasons.append(
+                f"{r.name}: incomplete ({r.n_cases - r.n} of {r.n_cases} cases had a failed "
+                "model call)"
+            )
+        elif r.verdict == "forgetting":
             reasons.append(f"{r.name}: forgetting ({r.delta_points:+.1f} pts, p={r.p_value:.2g})")
         elif r.role == "target" and r.verdict != "win":
             reasons.append(

@@ -7,11 +7,13 @@ Exit codes: 0 the gate passed; 1 the gate failed (or the gateway refused the reg
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -25,8 +27,9 @@ from analysis.eval.report import (
 from analysis.eval.types import EvalInputError
 from router.cli.flywheel import write_atomically
 from router.cli.operator import DEFAULT_URL, AdminClient, Token, Url, fail
-from router.evalrun import EvalOptions, freeze, frozen_path, run_eval
+from router.evalrun import EndpointUnavailable, EvalOptions, freeze, frozen_path, run_eval
 
+_URL = re.compile(r"^https?://[^\s/?#]+[^\s?#]*$")
 _VERDICT_STYLE = {
     "win": "bold green",
     "acceptable": "green",
@@ -34,30 +37,33 @@ _VERDICT_STYLE = {
     "forgetting": "bold red",
     "no improvement": "red",
     "inconclusive": "yellow",
+    "incomplete": "bold red",
 }
 
 
 def _print_report(console: Console, report: EvalReport) -> None:
-    table = Table(title=f"{report.spec_name}: {report.base_model} vs {report.candidate_model}")
+    table = Table(
+        title=escape(f"{report.spec_name}: {report.base_model} vs {report.candidate_model}")
+    )
     for header in table_headers(report):
         table.add_column(header)
     for row in render_table_rows(report):
-        cells = list(row.cells())
+        cells = [escape(c) for c in row.cells()]
         style = _VERDICT_STYLE.get(row.verdict, "")
         cells[4] = f"[{style}]{cells[4]}[/]" if style else cells[4]
         table.add_row(*cells)
     console.print(table)
     for row in render_table_rows(report):
         if row.warning:
-            console.print(f"[yellow]warning[/] {row.suite}: {row.warning}", highlight=False)
+            console.print(f"[yellow]warning[/] {escape(f'{row.suite}: {row.warning}')}")
     for hit in report.contamination:
         console.print(
-            f"[red]contaminated[/] case {hit.case_id}: {hit.kind} match with training line "
+            f"[red]contaminated[/] case {escape(hit.case_id)}: {hit.kind} match with training line "
             f"{hit.train_index + 1} (similarity {hit.score:.2f})",
             highlight=False,
         )
     for warning in report.warnings:
-        console.print(f"[yellow]warning[/] {warning}", highlight=False)
+        console.print(f"[yellow]warning[/] {escape(warning)}")
     verdict = "[bold green]PASSED[/]" if report.gate.passed else "[bold red]FAILED[/]"
     console.print(f"gate: {verdict}")
     for reason in report.gate.reasons:
@@ -122,6 +128,9 @@ def register(app: typer.Typer) -> None:
         url: Url = DEFAULT_URL,
         token: Token = None,
         progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+        fresh: Annotated[
+            bool, typer.Option("--fresh", help="call everything again (ignore cached outputs)")
+        ] = False,
     ) -> None:
         """Run base and candidate over every suite, grade, compare, print the verdict table.
 
@@ -133,6 +142,10 @@ def register(app: typer.Typer) -> None:
         if missing:
             fail(f"missing {', '.join(missing)} (see abgate eval --help)", code=2)
         assert spec is not None and base_url is not None and base and candidate
+        for flag, value in (("--base-url", base_url), ("--candidate-url", candidate_url),
+                            ("--judge-url", judge_url)):  # fmt: skip
+            if value is not None and not _URL.match(value):
+                fail(f"{flag} must be an http(s) URL such as http://vllm:8000/v1, not {value!r}", 2)
         if base == candidate and (candidate_url or base_url) == base_url:
             fail("--base and --candidate name the same model on the same endpoint", code=2)
         out = run_dir or Path(".abgate") / "eval" / spec.stem
@@ -152,7 +165,7 @@ def register(app: typer.Typer) -> None:
             base_url=base_url, base=base, candidate=candidate, candidate_url=candidate_url,
             judge_url=judge_url, api_key=api_key, judge_api_key=judge_api_key,
             regression=regression, train=train, run_dir=out, concurrency=concurrency,
-            retries=retries, timeout=timeout, progress=phase,
+            retries=retries, timeout=timeout, progress=phase, fresh=fresh,
             advance=lambda: bar.advance(task[0]) if task else None,
         )  # fmt: skip
         try:
@@ -160,12 +173,10 @@ def register(app: typer.Typer) -> None:
                 report = asyncio.run(run_eval(spec, options))
         except EvalInputError as exc:
             fail(str(exc), code=2)
+        except EndpointUnavailable as exc:
+            fail(f"{exc}; is it reachable?", code=3)
         except ValueError as exc:
             fail(str(exc), code=2)
-        total = sum(s.n for s in report.suites) * 2
-        errors = sum(s.base_errors + s.candidate_errors for s in report.suites)
-        if total and errors == total:
-            fail(f"every model call failed; is {base_url} reachable? ({report.warnings[-1]})", 3)
         _print_report(out_console, report)
         paths = _write_reports(out, report)
         err_console.print(f"reports: {', '.join(str(p) for p in paths)}", markup=False)

@@ -47,6 +47,12 @@ def _eval_files(paths: list[Path]) -> list[Path]:
     return files
 
 
+def _key(case: EvalCase) -> str:
+    """What makes two cases the same question: the user turns, normalised, exactly as the
+    contamination check compares held-out cases with training data."""
+    return normalise_text(case_text(case, roles=("user",)))
+
+
 def existing_inputs(paths: list[Path]) -> set[str]:
     """Normalised inputs of every case in ``paths``."""
     seen: set[str] = set()
@@ -57,7 +63,7 @@ def existing_inputs(paths: list[Path]) -> set[str]:
             fail(f"cannot read {path}: {exc.strerror}", code=2)
         except EvalInputError as exc:
             fail(str(exc), code=2)
-        seen.update(normalise_text(case_text(c)) for c in cases)
+        seen.update(_key(c) for c in cases)
     return seen
 
 
@@ -130,7 +136,9 @@ def register(app: typer.Typer) -> None:
         arm: Annotated[
             str | None, typer.Option(help="only this arm (control or treatment)")
         ] = None,
-        limit: Annotated[int, typer.Option(min=1, help="newest captures to read")] = 10_000,
+        limit: Annotated[
+            int, typer.Option(min=1, max=100_000, help="newest captures to read")
+        ] = 10_000,
         url: Url = DEFAULT_URL,
         token: Token = None,
     ) -> None:
@@ -154,7 +162,7 @@ def register(app: typer.Typer) -> None:
             if case is None:
                 skipped += 1
                 continue
-            key = normalise_text(case_text(case))
+            key = _key(case)
             if key in seen:
                 skipped += 1
                 continue

@@ -214,7 +214,7 @@ def _next_in(seq: list[int], rule: Any) -> int:
 
 
 def _odd_one_out() -> int:
-    (odd,) = [n for n in (2, 3, 5, 9, 11) if not _is_prime(n)]
+    (odd,) = [n for n in (3, 5, 7, 9, 11) if not _is_prime(n)]
     return odd
 
 

