@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.gateway
 	$(BIN)/python -m bench.rollback
 	$(BIN)/python -m bench.feedback
+	$(BIN)/python -m bench.redact
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build *.egg-info

@@ -40,3 +40,8 @@ def test_rollback_bench_prints_p50_and_p99() -> None:
 def test_feedback_bench_prints_throughput_and_memory() -> None:
     text = _run("bench.feedback", "--seconds", "1", "--units", "2000")
     assert "feedback posts/s" in text and "per 100,000 units" in text
+
+
+def test_redaction_bench_prints_its_growth_table() -> None:
+    text = _run("bench.redact", "--sizes", "1000,10000", "--repeat", "1")
+    assert "redaction, best of 1" in text and "hex run" in text and "for 10x size" in text
