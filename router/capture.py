@@ -184,7 +184,7 @@ class CaptureWriter:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="abgate-capture")
 
-    def accepts(self, size: int) -> bool:
+    def _accepts(self, size: int) -> bool:
         """Whether an exchange of ``size`` bytes may be captured (counted when it may not)."""
         if size > self.max_item_bytes:
             self.results.labels("too_large").inc()
@@ -196,7 +196,7 @@ class CaptureWriter:
 
     def submit(self, item: RawCapture) -> None:
         size = len(item.request) + len(item.response)
-        if not self.accepts(size):
+        if not self._accepts(size):
             return
         self._queued_bytes += size
         self._queue.put_nowait(item)

@@ -76,12 +76,8 @@ def record_from_report(raw: dict[str, Any]) -> EvalRecord:
                 f"suite {suite.name!r}: the report says {suite.verdict!r}, its per-case grades "
                 f"say {redone.verdict!r}"
             )
-    recomputed = gate(
-        report.suites,
-        contamination_ok=not any(r.startswith("contamination") for r in report.gate.reasons),
-        fingerprint_ok=not any(r.startswith("fingerprint") for r in report.gate.reasons),
-    )
-    # the runner's own reasons (contamination, a changed grader, ...) stand as well
+    recomputed = gate(report.suites)
+    # the runner's own reasons (contamination, fingerprint, a changed grader) stand as well
     reasons = list(dict.fromkeys([*report.gate.reasons, *recomputed.reasons]))
     return EvalRecord(
         candidate=report.candidate_model,

@@ -36,6 +36,7 @@ from analysis.eval.spec import EvalSpec, Thresholds, grader_config_hash, parse_s
 from analysis.eval.types import CaseOutput, EvalCase, EvalInputError, Grade
 from analysis.eval.verdict import GateResult, SuiteResult, gate, judge_suite
 from analysis.suites import REGRESSION_SUITES, load_regression_suite, regression_grader
+from router.files import write_atomically
 from serving.generate import BatchGenerator, GenerationRequest, GenerationResult, OutputCache
 
 __all__ = [
@@ -127,9 +128,7 @@ def freeze(spec_path: Path) -> dict[str, Any]:
         "frozen_at": dt.datetime.now(dt.UTC).isoformat(),
     }
     target = frozen_path(spec_path)
-    tmp = target.with_name("." + target.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(target)
+    write_atomically(target, json.dumps(doc, indent=2) + "\n")
     return doc
 
 

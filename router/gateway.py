@@ -170,8 +170,6 @@ class Gateway:
         capture, redactor = exp.experiment.capture, exp.redactor
         if capture is None or redactor is None:
             return
-        if not self.capture.accepts(len(request) + sum(len(chunk) for chunk in response)):
-            return
         self.capture.submit(
             RawCapture(
                 request_id=rid, ts=time.time(), experiment=exp.name, route=exp.experiment.route,

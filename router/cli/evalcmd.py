@@ -25,9 +25,9 @@ from analysis.eval.report import (
     table_headers,
 )
 from analysis.eval.types import EvalInputError
-from router.cli.flywheel import write_atomically
 from router.cli.operator import DEFAULT_URL, AdminClient, Token, Url, fail
 from router.evalrun import EndpointUnavailable, EvalOptions, freeze, frozen_path, run_eval
+from router.files import write_atomically
 
 _URL = re.compile(r"^https?://[^\s/?#]+[^\s?#]*$")
 _VERDICT_STYLE = {
@@ -76,7 +76,7 @@ def _write_reports(out: Path, report: EvalReport) -> list[Path]:
     paths = [out / "report.json", out / "report.md", out / "report.html"]
     texts = [report.to_json(), render_markdown(report), render_html(report)]
     for path, text in zip(paths, texts, strict=True):
-        write_atomically(path, [text.rstrip("\n").encode()])
+        write_atomically(path, text.rstrip("\n") + "\n")
     return paths
 
 

@@ -8,8 +8,6 @@ in the spec's JSONL format. The file is written whole or not at all.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,6 +19,7 @@ from rich.console import Console
 from analysis.eval.cases import EvalInputError, case_text, normalise_text, parse_cases
 from analysis.eval.types import EvalCase
 from router.cli.operator import DEFAULT_URL, AdminClient, Token, Url, fail
+from router.files import write_atomically
 
 _ROLES = ("system", "user", "assistant")
 
@@ -100,18 +99,6 @@ def to_case(item: dict[str, Any]) -> EvalCase | None:
     )
 
 
-def write_atomically(out: Path, lines: list[bytes]) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.writelines(line + b"\n" for line in lines)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def register(app: typer.Typer) -> None:
     sub = typer.Typer(
         help="The data flywheel: production failures -> eval cases", no_args_is_help=True
@@ -168,7 +155,10 @@ def register(app: typer.Typer) -> None:
                 continue
             seen.add(key)
             lines.append(orjson.dumps(case.model_dump(mode="json", exclude_defaults=True)))
-        write_atomically(out, lines)
+        try:
+            write_atomically(out, b"".join(line + b"\n" for line in lines))
+        except OSError as exc:
+            fail(f"cannot write {out}: {exc.strerror}", code=2)
         console.print(
             f"wrote {len(lines)} cases to {out} ({skipped} duplicates or unusable skipped, "
             f"{len(data['items'])} captures matched)",

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from analysis.report import Report, render_html
+from router.files import write_atomically
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 
@@ -252,9 +253,7 @@ def register(app: typer.Typer) -> None:
             if path is None:
                 continue
             try:
-                tmp = path.with_name(path.name + ".part")
-                tmp.write_text(content, encoding="utf-8")
-                tmp.replace(path)  # never leave a half-written report behind
+                write_atomically(path, content)  # never leave a half-written report behind
             except OSError as exc:
                 fail(f"cannot write {path}: {exc.strerror}", code=2)
             console.print(f"wrote {path}")

@@ -304,31 +304,19 @@ def test_freeze_pins_cases_and_graders(evals: Path, emu: Proc, tmp_path: Path) -
     frozen = abgate("eval", "freeze", "--spec", str(spec_dir / "support.yaml"))
     assert frozen.returncode == 0, frozen.stderr
     assert (spec_dir / "support.frozen.json").exists()
-    ok = abgate(
-        "eval", "--spec", str(spec_dir / "support.yaml"), "--base-url", emu.url + "/v1",
-        "--base", "base", "--candidate", "cand-good", "--run-dir", str(tmp_path / "run"),
-        "--no-progress",
-    )  # fmt: skip
+    ok = run_eval(spec_dir, emu, "cand-good", tmp_path / "run")
     assert ok.returncode == 0, ok.stdout
     # a case edited after freezing fails the gate
     cases = (spec_dir / "support.jsonl").read_text().replace('TEAM-1-1"', 'TEAM-9-1"', 1)
     (spec_dir / "support.jsonl").write_text(cases)
-    edited = abgate(
-        "eval", "--spec", str(spec_dir / "support.yaml"), "--base-url", emu.url + "/v1",
-        "--base", "base", "--candidate", "cand-good", "--run-dir", str(tmp_path / "run"),
-        "--no-progress",
-    )  # fmt: skip
+    edited = run_eval(spec_dir, emu, "cand-good", tmp_path / "run")
     assert edited.returncode == 1
     assert "fingerprint" in edited.stdout
     # so does a grader changed after freezing
     (spec_dir / "support.jsonl").write_text((evals / "support.jsonl").read_text())
     spec = (spec_dir / "support.yaml").read_text().replace("[case, whitespace]", "[whitespace]")
     (spec_dir / "support.yaml").write_text(spec)
-    regraded = abgate(
-        "eval", "--spec", str(spec_dir / "support.yaml"), "--base-url", emu.url + "/v1",
-        "--base", "base", "--candidate", "cand-good", "--run-dir", str(tmp_path / "run"),
-        "--no-progress",
-    )  # fmt: skip
+    regraded = run_eval(spec_dir, emu, "cand-good", tmp_path / "run")
     assert regraded.returncode == 1
     assert "grader configuration changed" in regraded.stdout
 
