@@ -96,7 +96,7 @@ def simulate(
     y_before = cum_x - x - (cum_x[group_start] - x[group_start])
     n_before = np.arange(len(user)) - group_start
 
-    # the increments each request makes to the unit-level sums (as router/lua.py does)
+    # the increments each request makes to the unit-level sums (as router/signals/lua.py does)
     d_k = first.astype(np.float64)
     d_sy, d_sn = x, np.ones_like(x)
     d_syy = 2 * y_before * x + x * x

@@ -1,8 +1,8 @@
 """The typed aggregate snapshot the analysis reads. A leaf module: no project imports.
 
-The gateway's read model (router/readmodel.py) builds an `ExperimentSnapshot` from a few Redis
-keys; the statistics consume it unchanged. Unit-level sums are over randomisation units (users
-or tenants) so that variances are computed at the level of randomisation:
+The gateway's read model (router/signals/readmodel.py) builds an `ExperimentSnapshot` from a
+few Redis keys; the statistics consume it unchanged. Unit-level sums are over randomisation
+units (users or tenants) so that variances are computed at the level of randomisation:
 
 for each per-unit total ``y_i`` of a field, ``s1[y] = Σ y_i`` and ``s2[y] = Σ y_i²``, and for
 each (numerator, denominator) pair of a ratio metric ``cross[(y, n)] = Σ y_i n_i``. With

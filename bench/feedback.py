@@ -24,8 +24,8 @@ import aiohttp
 import orjson
 import redis
 
-from router.embedded_redis import EmbeddedRedis, free_port
-from router.lua import FEEDBACK, RECORD_EVENTS
+from router.runtime.embedded_redis import EmbeddedRedis, free_port
+from router.signals.lua import FEEDBACK, RECORD_EVENTS
 
 
 def _start(cmd: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:

@@ -187,7 +187,7 @@ class Bench:
     # -- the run --------------------------------------------------------------------------
 
     def run(self) -> int:
-        from router.embedded_redis import EmbeddedRedis, free_port
+        from router.runtime.embedded_redis import EmbeddedRedis, free_port
 
         self.machine_info()
         self.plan_pinning()

@@ -1,4 +1,4 @@
-"""Redaction cost of the flywheel capture (router/redact.py) on ordinary and hostile text.
+"""Redaction cost of the flywheel capture (router/signals/redact.py) on ordinary and hostile text.
 
 Capture redacts every sampled prompt and completion in the gateway's background writer, which
 shares the event loop with the request path: the patterns must run in time linear in the text,
@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from router.redact import Redactor
+from router.signals.redact import Redactor
 
 SHAPES = {
     "prose with PII": "call me at 555-123-4567 or mail ana.b@example.com about order 1234. ",

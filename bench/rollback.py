@@ -28,8 +28,8 @@ from pathlib import Path
 
 import aiohttp
 
-from router.assignment import bucket
-from router.embedded_redis import EmbeddedRedis, free_port
+from router.dataplane.assignment import bucket
+from router.runtime.embedded_redis import EmbeddedRedis, free_port
 
 TOKEN = "bench-token"
 SALT = "rollback-bench"

@@ -19,15 +19,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from router.admin import build_admin_router
-from router.admin_adapters import build_adapters_router
-from router.admin_flywheel import build_flywheel_router
+from router.admin.adapters import build_adapters_router
+from router.admin.experiments import build_admin_router
+from router.admin.flywheel import build_flywheel_router
+from router.dataplane.proxy import Proxy, new_request_id
 from router.errors import GatewayError
-from router.feedback import build_feedback_router
-from router.gateway import Gateway
 from router.http import Receive, Scope, Send, error_body
-from router.proxy import Proxy, new_request_id
+from router.runtime.gateway import Gateway
 from router.settings import Settings
+from router.signals.feedback import build_feedback_router
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from analysis.types import BUILTIN_SIGNALS, Policy
-from router.redact import Redactor, check_pattern
+from router.signals.redact import Redactor, check_pattern
 
 Arm = Literal["control", "treatment"]
 State = Literal["draft", "running", "paused", "promoted", "rolled_back"]

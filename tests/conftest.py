@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from router.embedded_redis import EmbeddedRedis, RedisNotFound
+from router.runtime.embedded_redis import EmbeddedRedis, RedisNotFound
 
 
 @pytest.fixture(scope="session")

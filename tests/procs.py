@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from router.embedded_redis import free_port, stop_process
+from router.runtime.embedded_redis import free_port, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from router import logs
 from router.cli.serve import load_settings
-from router.controller import Controller
+from router.control.controller import Controller
 from router.errors import ConfigError
 
 

@@ -25,9 +25,9 @@ from analysis.eval.report import (
     table_headers,
 )
 from analysis.eval.types import EvalInputError
+from offline.files import write_atomically
+from offline.runner import EndpointUnavailable, EvalOptions, freeze, frozen_path, run_eval
 from router.cli.operator import DEFAULT_URL, AdminClient, Token, Url, fail
-from router.evalrun import EndpointUnavailable, EvalOptions, freeze, frozen_path, run_eval
-from router.files import write_atomically
 
 _URL = re.compile(r"^https?://[^\s/?#]+[^\s?#]*$")
 _VERDICT_STYLE = {

@@ -18,8 +18,8 @@ from rich.console import Console
 
 from analysis.eval.cases import EvalInputError, case_text, normalise_text, parse_cases
 from analysis.eval.types import EvalCase
+from offline.files import write_atomically
 from router.cli.operator import DEFAULT_URL, AdminClient, Token, Url, fail
-from router.files import write_atomically
 
 _ROLES = ("system", "user", "assistant")
 

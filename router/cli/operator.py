@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from analysis.report import Report, render_html
-from router.files import write_atomically
+from offline.files import write_atomically
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 

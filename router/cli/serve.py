@@ -15,8 +15,8 @@ from pydantic import ValidationError
 
 from router import logs
 from router.app import create_app
-from router.embedded_redis import EmbeddedRedis, RedisNotFound
 from router.errors import ConfigError
+from router.runtime.embedded_redis import EmbeddedRedis, RedisNotFound
 from router.settings import Settings
 
 logger = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ import pytest
 import setuptools  # type: ignore[import-untyped]
 import yaml
 
-from router.gateway import load_config_file
+from router.runtime.gateway import load_config_file
 from router.settings import Settings
 from tests.deploy.artifacts import DEPLOY, ROOT, dockerfile, healthcheck_command
 

@@ -15,7 +15,7 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 
-from router.gateway import load_config_file
+from router.runtime.gateway import load_config_file
 from router.settings import Settings
 from tests.deploy.artifacts import DEPLOY
 

@@ -23,7 +23,7 @@ import httpx
 import pytest
 import yaml
 
-from router.embedded_redis import EmbeddedRedis, free_port, stop_process
+from router.runtime.embedded_redis import EmbeddedRedis, free_port, stop_process
 from tests.deploy.artifacts import (
     Query,
     alert_rules,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, generate_latest
 
 from analysis.types import Decision, SRMResult
-from router.controller import ControllerMetrics
+from router.control.controller import ControllerMetrics
 from router.metrics import ExperimentInfo, GatewayMetrics
 
 

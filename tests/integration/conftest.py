@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from router.embedded_redis import EmbeddedRedis
+from router.runtime.embedded_redis import EmbeddedRedis
 from tests.procs import Proc, adapter_dir, emulator, experiment, gateway
 
 pytestmark = pytest.mark.integration

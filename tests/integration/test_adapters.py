@@ -15,7 +15,7 @@ import httpx
 import openai
 import pytest
 
-from router.embedded_redis import EmbeddedRedis, free_port
+from router.runtime.embedded_redis import EmbeddedRedis, free_port
 from tests.procs import Proc, adapter_dir, emulator, gateway
 
 pytestmark = pytest.mark.integration

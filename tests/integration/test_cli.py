@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from router.embedded_redis import EmbeddedRedis
+from router.runtime.embedded_redis import EmbeddedRedis
 from tests.procs import ROOT, Proc, base_env, experiment, gateway
 
 pytestmark = pytest.mark.integration

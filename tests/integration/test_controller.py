@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
-from router.embedded_redis import EmbeddedRedis
-from router.population import Population
+from router.demo.population import Population
+from router.runtime.embedded_redis import EmbeddedRedis
 from tests.procs import CHROMIUM_FLAGS, Proc, adapter_dir, controller, emulator, gateway
 
 pytestmark = pytest.mark.integration

@@ -11,9 +11,9 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from router.embedded_redis import EmbeddedRedis
+from router.control.store import AuditEntry, ConfigStore
 from router.experiments import Experiment
-from router.store import AuditEntry, ConfigStore
+from router.runtime.embedded_redis import EmbeddedRedis
 from tests.procs import Proc, emulator, experiment, gateway
 
 pytestmark = pytest.mark.integration

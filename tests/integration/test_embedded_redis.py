@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from router.embedded_redis import free_port
+from router.runtime.embedded_redis import free_port
 from tests.procs import ROOT, base_env, experiment, write_config
 
 pytestmark = pytest.mark.integration

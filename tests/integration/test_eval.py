@@ -22,7 +22,7 @@ import pytest
 from analysis.eval.graders import build_grader
 from analysis.eval.graders.judge import JudgeConfig
 from analysis.eval.types import EvalCase
-from router.embedded_redis import EmbeddedRedis
+from router.runtime.embedded_redis import EmbeddedRedis
 from serving.generate import BatchGenerator, GenerationRequest
 from tests.procs import CHROMIUM_FLAGS, ROOT, Proc, base_env, emulator, experiment, gateway
 

@@ -12,7 +12,7 @@ import openai
 import pytest
 import redis
 
-from router.embedded_redis import EmbeddedRedis
+from router.runtime.embedded_redis import EmbeddedRedis
 from tests.procs import Proc, experiment, gateway
 
 pytestmark = pytest.mark.integration

@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from analysis.eval.cases import parse_cases
-from router.embedded_redis import EmbeddedRedis
+from router.runtime.embedded_redis import EmbeddedRedis
 from tests.integration.test_cli import abgate
 from tests.procs import Proc, experiment, gateway
 

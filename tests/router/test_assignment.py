@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from scipy import stats
 
-from router.assignment import BUCKETS, HASH_VERSION, assign, bucket
+from router.dataplane.assignment import BUCKETS, HASH_VERSION, assign, bucket
 from router.errors import InvalidRequest
 from router.experiments import Experiment, compile_table
 

@@ -8,8 +8,8 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from router.body import rewrite, top_level_spans
-from router.proxy import _ask_usage
+from router.dataplane.body import rewrite, top_level_spans
+from router.dataplane.proxy import _ask_usage
 
 KEYS = frozenset((b'"model"', b'"stream_options"'))
 

@@ -6,9 +6,9 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
-from router.capture import extract_exchange
 from router.experiments import Capture
-from router.redact import Redactor, check_pattern
+from router.signals.capture import extract_exchange
+from router.signals.redact import Redactor, check_pattern
 
 
 @pytest.mark.parametrize(
@@ -90,7 +90,7 @@ def test_oversized_exchanges_and_a_full_queue_are_counted_not_queued() -> None:
     import redis.asyncio as aioredis
     from prometheus_client import CollectorRegistry
 
-    from router.capture import CaptureWriter, RawCapture
+    from router.signals.capture import CaptureWriter, RawCapture
 
     registry = CollectorRegistry()
     writer = CaptureWriter(

@@ -13,8 +13,8 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from router.embedded_redis import EmbeddedRedis
-from router.lua import FEEDBACK, RECORD_EVENTS
+from router.runtime.embedded_redis import EmbeddedRedis
+from router.signals.lua import FEEDBACK, RECORD_EVENTS
 
 EXP = "prop"
 TAG = f"abgate:{{{EXP}}}:"

@@ -19,8 +19,11 @@ from redis.exceptions import RedisError
 
 from analysis.report import Report, build_report
 from analysis.types import Decision, ExperimentSnapshot
-from router.changes import ChangeFn, apply_change
-from router.controller import decisions_key
+from router.control.changes import ChangeFn, apply_change
+from router.control.controller import decisions_key
+from router.control.evalgate import EvalRecord, check_start, load_records
+from router.control.lifecycle import Action, ActionRequest, ExperimentPatch, patch, transition
+from router.control.store import read_audit
 from router.errors import (
     Conflict,
     InvalidRequest,
@@ -29,13 +32,10 @@ from router.errors import (
     Unauthorized,
     Unprocessable,
 )
-from router.evalgate import EvalRecord, check_start, load_records
 from router.experiments import Experiment
-from router.gateway import Gateway
-from router.lifecycle import Action, ActionRequest, ExperimentPatch, patch, transition
-from router.readmodel import read_snapshot
+from router.runtime.gateway import Gateway
 from router.settings import Settings
-from router.store import read_audit
+from router.signals.readmodel import read_snapshot
 
 logger = logging.getLogger(__name__)
 

@@ -8,9 +8,9 @@ from collections.abc import Callable
 
 from redis.exceptions import RedisError
 
+from router.control.store import AuditEntry, ConfigDoc, ConfigStore, GuardLost
 from router.errors import ConfigError, Conflict, PreconditionFailed, StoreUnavailable
 from router.experiments import LIVE_STATES, Experiment
-from router.store import AuditEntry, ConfigDoc, ConfigStore, GuardLost
 
 logger = logging.getLogger(__name__)
 

@@ -28,12 +28,12 @@ from redis.exceptions import RedisError
 
 from analysis.policy import decide
 from analysis.types import Decision, StepState
-from router.changes import apply_change
+from router.control.changes import apply_change
+from router.control.lifecycle import transition
+from router.control.store import ConfigStore, GuardLost
 from router.errors import GatewayError
 from router.experiments import Experiment
-from router.lifecycle import transition
-from router.readmodel import read_snapshot
-from router.store import ConfigStore, GuardLost
+from router.signals.readmodel import read_snapshot
 
 logger = logging.getLogger(__name__)
 

@@ -14,13 +14,13 @@ from fastapi import APIRouter, Depends, Header, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import RedisError
 
-from router.admin import ADMIN_ERRORS, ExperimentName, admin_auth
-from router.changes import apply_change
+from router.admin.experiments import ADMIN_ERRORS, ExperimentName, admin_auth
+from router.control.changes import apply_change
+from router.control.evalgate import check_start, load_records
+from router.control.lifecycle import bump
 from router.errors import Conflict, GatewayError, NotFound, StoreUnavailable, Unprocessable
-from router.evalgate import check_start, load_records
 from router.experiments import Experiment
-from router.gateway import Gateway
-from router.lifecycle import bump
+from router.runtime.gateway import Gateway
 from serving.adapters import AdapterError, AdapterRecord
 
 logger = logging.getLogger(__name__)

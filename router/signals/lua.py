@@ -82,7 +82,7 @@ local function record_feedback(tag, rid, arm, unit, signal, value, ttl, minute, 
   local dkey = tag .. 'fb:' .. rid
   if redis.call('SADD', dkey, signal) == 0 then return 0 end
   redis.call('EXPIRE', dkey, ttl)
-  -- a captured request (router/capture.py) carries its feedback for the flywheel export
+  -- a captured request (router/signals/capture.py) carries its feedback for the flywheel export
   local ckey = tag .. 'cap:' .. rid
   if redis.call('EXISTS', ckey) == 1 then redis.call('HSET', ckey, 'fb:' .. signal, value) end
   local agg = tag .. 'arm:' .. arm
@@ -99,7 +99,8 @@ local function record_feedback(tag, rid, arm, unit, signal, value, ttl, minute, 
 end
 """
 
-# ARGV: stream maxlen, minute retention, then one JSON event per argument (router/events.py).
+# ARGV: stream maxlen, minute retention, then one JSON event per argument
+# (router/signals/events.py).
 RECORD_EVENTS = (
     UNIT_UPDATE
     + RECORD_FEEDBACK

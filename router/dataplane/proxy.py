@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from router import body as jsonbody
-from router.assignment import assign
-from router.body import prompt_fingerprint
+from router.dataplane import body as jsonbody
+from router.dataplane.assignment import assign
+from router.dataplane.body import prompt_fingerprint
 from router.errors import (
     GatewayError,
     InvalidRequest,
@@ -30,16 +30,16 @@ from router.errors import (
     UnsupportedMediaType,
     UpstreamUnavailable,
 )
-from router.events import Event
 from router.experiments import CompiledArm, CompiledExperiment
 from router.http import Receive, Scope, Send, error_body
+from router.signals.events import Event
 from serving.errors import UpstreamError, UpstreamTimeout
 from serving.pool import ReplicaSet
 from serving.types import Timeouts
 from serving.upstream import UpstreamResponse, parse_error_body
 
 if TYPE_CHECKING:
-    from router.gateway import Gateway
+    from router.runtime.gateway import Gateway
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class _Plan:
     api_key: str | None
     fingerprint: str = ""
     raw: bytes = b""  # the client's body, for a fallback to control
-    capture: bool = False  # sampled for the flywheel (router/capture.py)
+    capture: bool = False  # sampled for the flywheel (router/signals/capture.py)
 
 
 @dataclass(slots=True)

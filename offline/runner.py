@@ -36,7 +36,7 @@ from analysis.eval.spec import EvalSpec, Thresholds, grader_config_hash, parse_s
 from analysis.eval.types import CaseOutput, EvalCase, EvalInputError, Grade
 from analysis.eval.verdict import GateResult, SuiteResult, gate, judge_suite
 from analysis.suites import REGRESSION_SUITES, load_regression_suite, regression_grader
-from router.files import write_atomically
+from offline.files import write_atomically
 from serving.generate import BatchGenerator, GenerationRequest, GenerationResult, OutputCache
 
 __all__ = [

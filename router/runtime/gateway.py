@@ -24,11 +24,11 @@ from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from router.breaker import Breakers
-from router.capture import CaptureWriter, RawCapture
-from router.changes import apply_change
+from router.control.changes import apply_change
+from router.control.lifecycle import transition
+from router.control.store import CHANNEL, ConfigDoc, ConfigStore
+from router.dataplane.breaker import Breakers
 from router.errors import ConfigError, Conflict, StoreUnavailable
-from router.events import EventWriter
 from router.experiments import (
     CompiledExperiment,
     ConfigFile,
@@ -36,11 +36,11 @@ from router.experiments import (
     RoutingTable,
     compile_table,
 )
-from router.lifecycle import transition
 from router.metrics import ExperimentInfo, GatewayMetrics
-from router.readmodel import unit_counts
 from router.settings import Settings
-from router.store import CHANNEL, ConfigDoc, ConfigStore
+from router.signals.capture import CaptureWriter, RawCapture
+from router.signals.events import EventWriter
+from router.signals.readmodel import unit_counts
 from serving.adapters import AdapterManager, inflight_key
 from serving.errors import UpstreamError
 from serving.pool import OutlierPolicy, ReplicaPool

@@ -4,12 +4,12 @@
   (redacted when they were stored) with the feedback signals they received; ``signals`` keeps
   only those that received at least one of the listed signals.
 - `POST /admin/eval-reports`: register an `abgate eval` report; its verdicts are re-derived
-  from the per-case grades and the gate recomputed (router/evalgate.py); an older report than
-  the one registered is refused (409).
+  from the per-case grades and the gate recomputed (router/control/evalgate.py); an older
+  report than the one registered is refused (409).
 - `GET /admin/eval-reports`: the registered reports, one per candidate model (the newest).
 
 An experiment with ``requires_eval_report: true`` is refused a start (409) unless the newest
-report registered for its treatment's model passed (router/evalgate.py).
+report registered for its treatment's model passed (router/control/evalgate.py).
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from pydantic import BaseModel
 from redis.exceptions import RedisError
 
 from analysis.types import BUILTIN_SIGNALS
-from router.admin import ADMIN_ERRORS, ExperimentName, admin_auth
-from router.capture import read_captures
+from router.admin.experiments import ADMIN_ERRORS, ExperimentName, admin_auth
+from router.control.evalgate import EvalRecord, list_records, record_from_report, register_record
 from router.errors import Conflict, NotFound, StoreUnavailable, Unprocessable
-from router.evalgate import EvalRecord, list_records, record_from_report, register_record
-from router.gateway import Gateway
+from router.runtime.gateway import Gateway
+from router.signals.capture import read_captures
 
 
 class CaptureList(BaseModel):

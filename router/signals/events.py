@@ -9,7 +9,7 @@ it in batches and runs one Lua script per batch, which for each event atomically
 - appends the event to the experiment's capped stream ``abgate:{<exp>}:events``,
 - adds it to the per-arm aggregates ``abgate:{<exp>}:arm:<arm>`` and to the per-minute counters
   ``abgate:{<exp>}:minute:<arm>:<epoch-minute>`` (expiring after the retention),
-- updates the unit's totals and the unit-level sums (router/lua.py), and
+- updates the unit's totals and the unit-level sums (router/signals/lua.py), and
 - detects an implicit `regenerated` signal (the unit repeating its last prompt in the window).
 
 Keys of one experiment share the hash tag ``{<exp>}`` (see docs/redis.md).
@@ -31,8 +31,8 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from router.lua import RECORD_EVENTS
 from router.metrics import GatewayMetrics
+from router.signals.lua import RECORD_EVENTS
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ The request path only decides whether to capture (one random draw against the ex
 else happens here, in a background task: the prompt and completion are extracted, redacted, and
 stored in Redis with one Lua script that keeps the newest ``max_items`` per experiment and copies
 any feedback the request already received. Feedback that arrives later is attached by the
-feedback script (router/lua.py). Nothing is captured, stored or logged when capture is off.
+feedback script (router/signals/lua.py). Nothing is captured, stored or logged when capture is off.
 
 Keys (all tagged with the experiment, like the rest of its state):
 
@@ -27,7 +27,7 @@ import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry, Counter
 from redis.exceptions import RedisError
 
-from router.redact import Redactor
+from router.signals.redact import Redactor
 
 logger = logging.getLogger(__name__)
 

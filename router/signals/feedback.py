@@ -3,7 +3,7 @@
 The application sends the `X-Request-Id` it received with an answer; the gateway looks up the
 request index (written by the event writer), checks the signal against the experiment, and runs
 one Lua script that counts each (request id, signal) pair once and updates the per-arm and
-unit-level aggregates (router/lua.py). Single form: one object, answered 202 (accepted), 200
+unit-level aggregates (router/signals/lua.py). Single form: one object, answered 202 (accepted), 200
 (duplicate), 404 (unknown or expired request id) or 422 (bad signal or value). Batch form: a
 list of up to 1,000 objects, answered 200 with one result per item.
 """
@@ -24,6 +24,7 @@ from fastapi import APIRouter, Request, Response
 from redis.exceptions import RedisError
 
 from analysis.types import BUILTIN_SIGNALS
+from router.dataplane.proxy import new_request_id
 from router.errors import (
     GatewayError,
     InvalidRequest,
@@ -33,9 +34,8 @@ from router.errors import (
     Unprocessable,
     UnsupportedMediaType,
 )
-from router.gateway import Gateway
-from router.lua import FEEDBACK
-from router.proxy import new_request_id
+from router.runtime.gateway import Gateway
+from router.signals.lua import FEEDBACK
 
 logger = logging.getLogger(__name__)
 
