@@ -18,8 +18,9 @@ from __future__ import annotations
 import hashlib
 import secrets
 
+from router.dataplane.routing import CompiledExperiment
 from router.errors import InvalidRequest
-from router.experiments import Arm, CompiledExperiment
+from router.experiments import Arm
 
 HASH_VERSION = 1
 BUCKETS = 10_000

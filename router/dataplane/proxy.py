@@ -22,6 +22,7 @@ import orjson
 from router.dataplane import body as jsonbody
 from router.dataplane.assignment import assign
 from router.dataplane.body import prompt_fingerprint
+from router.dataplane.routing import CompiledArm, CompiledExperiment
 from router.errors import (
     GatewayError,
     InvalidRequest,
@@ -30,7 +31,6 @@ from router.errors import (
     UnsupportedMediaType,
     UpstreamUnavailable,
 )
-from router.experiments import CompiledArm, CompiledExperiment
 from router.http import Receive, Scope, Send, error_body
 from router.signals.events import Event
 from serving.errors import UpstreamError, UpstreamTimeout

@@ -28,14 +28,9 @@ from router.control.changes import apply_change
 from router.control.lifecycle import transition
 from router.control.store import CHANNEL, ConfigDoc, ConfigStore
 from router.dataplane.breaker import Breakers
+from router.dataplane.routing import CompiledExperiment, RoutingTable, compile_table
 from router.errors import ConfigError, Conflict, StoreUnavailable
-from router.experiments import (
-    CompiledExperiment,
-    ConfigFile,
-    Experiment,
-    RoutingTable,
-    compile_table,
-)
+from router.experiments import ConfigFile, Experiment
 from router.metrics import ExperimentInfo, GatewayMetrics
 from router.settings import Settings
 from router.signals.capture import CaptureWriter, RawCapture

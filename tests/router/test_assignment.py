@@ -10,8 +10,9 @@ import pytest
 from scipy import stats
 
 from router.dataplane.assignment import BUCKETS, HASH_VERSION, assign, bucket
+from router.dataplane.routing import compile_table
 from router.errors import InvalidRequest
-from router.experiments import Experiment, compile_table
+from router.experiments import Experiment
 
 VECTORS = json.loads((Path(__file__).parent.parent / "vectors" / "assignment.json").read_text())
 
