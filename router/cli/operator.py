@@ -20,6 +20,7 @@ from rich.table import Table
 from analysis.report import Report, render_html
 from offline.files import write_atomically
 
+PROG = "abgate"
 DEFAULT_URL = "http://127.0.0.1:8080"
 
 Url = Annotated[
@@ -68,7 +69,7 @@ def _actor() -> str:
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    Console(stderr=True).print(f"abgate: error: {message}", markup=False, highlight=False)
+    Console(stderr=True).print(f"{PROG}: error: {message}", markup=False, highlight=False)
     raise typer.Exit(code)
 
 

@@ -55,7 +55,12 @@ async def apply_change(
     try:
         doc = await store.update(mutate, guard=guard)
     except RedisError as exc:
-        raise StoreUnavailable(f"Redis is unreachable; nothing was changed ({exc})") from exc
+        # the detail (host, port, Redis's words) is for the operator's log, not the client
+        logger.warning("%s %s by %s: Redis error (%s): %s", action, name, actor,
+                       type(exc).__name__, exc)  # fmt: skip
+        raise StoreUnavailable(
+            "the configuration store (Redis) is unavailable; nothing was changed, retry later"
+        ) from exc
     except GuardLost:
         raise
     except ConfigError as exc:

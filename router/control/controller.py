@@ -1,15 +1,15 @@
 """`abgate controller`: evaluates every running experiment and applies the policy's decisions.
 
 Any number of controller processes may run; one is the leader, by a Redis lock with a TTL
-(`abgate:controller:leader`, renewed every third of the TTL). A standby takes over within one
+(`keys.CONTROLLER_LEADER`, renewed every third of the TTL). A standby takes over within one
 TTL when the leader dies. Decisions go through the same store path as the admin API (actor
 `controller`), guarded by the lock inside the transaction and by the experiment's version, so a
 deposed leader cannot apply anything and no decision is applied twice. Manual actions win: only
 `running` experiments are evaluated, so a paused experiment is not advanced and a rollback is
 final.
 
-Per experiment the controller keeps its ramp step in ``abgate:{<exp>}:ctl`` (share, start time,
-unit counts at the start) and appends every evaluation to ``abgate:{<exp>}:decisions``.
+Per experiment the controller keeps its ramp step in a hash (share, start time, unit counts at
+the start) and appends every evaluation to a decisions stream (router/keys.py).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from redis.exceptions import RedisError
 
 from analysis.policy import decide
 from analysis.types import Decision, StepState
+from router import keys
 from router.control.changes import apply_change
 from router.control.lifecycle import transition
 from router.control.store import ConfigStore, GuardLost
@@ -37,7 +38,7 @@ from router.signals.readmodel import read_snapshot
 
 logger = logging.getLogger(__name__)
 
-LOCK_KEY = "abgate:controller:leader"
+LOCK_KEY = keys.CONTROLLER_LEADER
 DECISION_ACTIONS = ("advance", "promote", "rollback", "pause")
 DECISIONS_MAXLEN = 5000
 _RENEW = """
@@ -52,12 +53,8 @@ return 0
 """
 
 
-def decisions_key(name: str) -> str:
-    return f"abgate:{{{name}}}:decisions"
-
-
-def step_key(name: str) -> str:
-    return f"abgate:{{{name}}}:ctl"
+decisions_key = keys.decisions
+step_key = keys.controller_step
 
 
 class ControllerMetrics:

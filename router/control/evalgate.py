@@ -5,7 +5,7 @@ suite's verdict is re-derived from its per-case grades and thresholds (a report 
 not follow is refused with 422), the gate is recomputed from the suites, and the report passes
 only if both the runner's gate and the recomputed one passed (so a hand-edited ``passed`` flag or
 verdict changes nothing). The record with the newest ``finished_at`` per candidate model is kept
-in the Redis hash ``abgate:eval:reports``. An experiment with ``requires_eval_report: true`` can
+in one Redis hash (`keys.EVAL_REPORTS`). An experiment with ``requires_eval_report: true`` can
 only start, resume, be created running, or get a new treatment model while live, when that record
 passed and compared the candidate with the experiment's control model.
 """
@@ -24,12 +24,13 @@ from redis.exceptions import WatchError
 
 from analysis.eval.report import EvalReport
 from analysis.eval.verdict import gate, judge_suite
+from router import keys
 from router.errors import Conflict, Unprocessable
 from router.experiments import Experiment
 
 __all__ = ["REPORTS_KEY", "EvalRecord", "check_start", "list_records", "record_from_report"]
 
-REPORTS_KEY = "abgate:eval:reports"
+REPORTS_KEY = keys.EVAL_REPORTS
 
 
 class SuiteVerdict(BaseModel):

@@ -1,15 +1,12 @@
 """Experiment configuration in Redis: one versioned document, an audit stream, change events.
 
-Layout (docs/redis.md)::
-
-    abgate:config          JSON {"version": n, "experiments": {name: experiment}}
-    abgate:config:version  n, for cheap polling
-    abgate:config:changes  pub/sub channel; the message is the new version
-    abgate:audit           stream of changes: actor, action, experiment, before, after, reason
+Four keys (router/keys.py, docs/redis.md): the document (JSON {"version": n, "experiments":
+{name: experiment}}), its version alone for cheap polling, a pub/sub channel whose message is
+the new version, and the audit stream (actor, action, experiment, before, after, reason).
 
 Writers replace the document in a WATCH/MULTI transaction that increments the version, appends
-to the audit stream and publishes, so every gateway replica swaps its in-memory table at once;
-replicas also poll the version, so a missed message heals within `config_poll_seconds`.
+to the audit stream and publishes, so every gateway instance swaps its in-memory table at once;
+instances also poll the version, so a missed message heals within `config_poll_seconds`.
 """
 
 from __future__ import annotations
@@ -24,15 +21,16 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import WatchError
 
+from router import keys
 from router.errors import ConfigError
 from router.experiments import Experiment, check_unique, differing_fields
 
 logger = logging.getLogger(__name__)
 
-CONFIG_KEY = "abgate:config"
-VERSION_KEY = "abgate:config:version"
-CHANNEL = "abgate:config:changes"
-AUDIT_KEY = "abgate:audit"
+CONFIG_KEY = keys.CONFIG
+VERSION_KEY = keys.CONFIG_VERSION
+CHANNEL = keys.CONFIG_CHANNEL
+AUDIT_KEY = keys.AUDIT
 AUDIT_MAXLEN = 100_000
 
 

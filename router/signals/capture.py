@@ -7,11 +7,10 @@ stored in Redis with one Lua script that keeps the newest ``max_items`` per expe
 any feedback the request already received. Feedback that arrives later is attached by the
 feedback script (router/signals/lua.py). Nothing is captured, stored or logged when capture is off.
 
-Keys (all tagged with the experiment, like the rest of its state):
-
-- ``abgate:{<exp>}:cap:<request_id>``: hash; ``item`` (JSON) and ``fb:<signal>`` per feedback;
-  expires after ``retention_days``;
-- ``abgate:{<exp>}:captures``: list of request ids, newest first, trimmed to ``max_items``.
+Two keys per experiment, tagged like the rest of its state (router/keys.py `capture` and
+`captures`): a hash per captured request (``item`` JSON and ``fb:<signal>`` per feedback,
+expiring after ``retention_days``) and the list of captured request ids, newest first, trimmed
+to ``max_items``.
 """
 
 from __future__ import annotations
@@ -27,6 +26,7 @@ import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry, Counter
 from redis.exceptions import RedisError
 
+from router import keys
 from router.signals.redact import Redactor
 
 logger = logging.getLogger(__name__)
@@ -34,17 +34,19 @@ logger = logging.getLogger(__name__)
 __all__ = ["CaptureWriter", "RawCapture", "extract_exchange", "read_captures"]
 
 # ARGV: experiment, request id, item JSON, max items, TTL seconds.
-CAPTURE = """
-local tag = 'abgate:{' .. ARGV[1] .. '}:'
+CAPTURE = (
+    keys.LUA_KEYS
+    + """
+local tag = exp_tag(ARGV[1])
 local rid = ARGV[2]
-local ckey = tag .. 'cap:' .. rid
+local ckey = capture_key(tag, rid)
 if redis.call('EXISTS', ckey) == 1 then return 0 end
 redis.call('HSET', ckey, 'item', ARGV[3])
-for _, signal in ipairs(redis.call('SMEMBERS', tag .. 'fb:' .. rid)) do
+for _, signal in ipairs(redis.call('SMEMBERS', feedback_key(tag, rid))) do
   redis.call('HSET', ckey, 'fb:' .. signal, 1)
 end
 redis.call('EXPIRE', ckey, tonumber(ARGV[5]))
-local list = tag .. 'captures'
+local list = captures_key(tag)
 redis.call('LPUSH', list, rid)
 local max = tonumber(ARGV[4])
 -- at most 100 evictions per capture, so that lowering max_items never blocks Redis for long;
@@ -52,11 +54,12 @@ local max = tonumber(ARGV[4])
 local evicted = 0
 while evicted < 100 and redis.call('LLEN', list) > max do
   local old = redis.call('RPOP', list)
-  redis.call('DEL', tag .. 'cap:' .. old)
+  redis.call('DEL', capture_key(tag, old))
   evicted = evicted + 1
 end
 return 1
 """
+)
 
 
 #: Exchanges (request plus response bytes) above this are not captured: redaction and storage
@@ -254,13 +257,12 @@ async def read_captures(
 ) -> list[dict[str, Any]]:
     """The experiment's captured items, newest first, each with ``signals``: the feedback
     signals its request received."""
-    tag = f"abgate:{{{experiment}}}:"
-    rids = await redis.lrange(tag + "captures", 0, limit - 1)
+    rids = await redis.lrange(keys.captures(experiment), 0, limit - 1)
     if not rids:
         return []
     async with redis.pipeline(transaction=False) as pipe:
         for rid in rids:
-            pipe.hgetall(tag + "cap:" + (rid.decode() if isinstance(rid, bytes) else rid))
+            pipe.hgetall(keys.capture(experiment, rid.decode() if isinstance(rid, bytes) else rid))
         rows = await pipe.execute()
     out: list[dict[str, Any]] = []
     for row in rows:

@@ -3,16 +3,17 @@
 The request path appends an `Event` to an in-memory buffer (O(1), no I/O). A single task drains
 it in batches and runs one Lua script per batch, which for each event atomically
 
-- sets the request index ``abgate:req:<request_id>`` (``<a>|<experiment>|<unit>``, `a` the
-  arm's initial) with the feedback window as TTL, **only if it does not exist yet** (so a batch
+- sets the request index entry of the request (``<a>|<experiment>|<unit>``, `a` the arm's
+  initial) with the feedback window as TTL, **only if it does not exist yet** (so a batch
   retried after a lost reply is never counted twice),
-- appends the event to the experiment's capped stream ``abgate:{<exp>}:events``,
-- adds it to the per-arm aggregates ``abgate:{<exp>}:arm:<arm>`` and to the per-minute counters
-  ``abgate:{<exp>}:minute:<arm>:<epoch-minute>`` (expiring after the retention),
+- appends the event to the experiment's capped event stream,
+- adds it to the per-arm aggregates and to the per-minute counters (expiring after the
+  retention),
 - updates the unit's totals and the unit-level sums (router/signals/lua.py), and
 - detects an implicit `regenerated` signal (the unit repeating its last prompt in the window).
 
-Keys of one experiment share the hash tag ``{<exp>}`` (see docs/redis.md).
+The keys are named in router/keys.py; those of one experiment share its hash tag
+(docs/redis.md).
 
 While Redis is unreachable the writer keeps the events and retries with backoff; the buffer is
 bounded by ``ABGATE_EVENT_BUFFER``, and only events beyond it are dropped and counted in

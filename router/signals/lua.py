@@ -1,16 +1,21 @@
 """Redis Lua scripts for the aggregates (docs/redis.md). Each runs atomically.
 
 `UNIT_UPDATE` and `RECORD_FEEDBACK` are shared functions, prepended to the scripts that use
-them. Per-unit totals live in ``abgate:{<exp>}:unit:<arm>:<unit>``; the sums over units in
-``abgate:{<exp>}:units:<arm>``: ``n`` (distinct units), ``s1:<field>`` (Σ y), ``s2:<field>``
-(Σ y²) and ``x:<num>|<den>`` (Σ y·n) for every pair of a ratio metric. They change by the
+them, after the key names of router/keys.py (`keys.LUA_KEYS`). Per-unit totals live in one hash
+per unit and arm; the sums over units in one hash per arm: ``n`` (distinct units),
+``s1:<field>`` (Σ y), ``s2:<field>`` (Σ y²) and ``x:<num>|<den>`` (Σ y·n) for every pair of a
+ratio metric. They change by the
 difference of each unit's old and new totals, so reading them is O(1) whatever the traffic.
 Requests without a unit id count in the per-arm totals but not in the unit-level sums.
 """
 
 from __future__ import annotations
 
-UNIT_UPDATE = """
+from router import keys
+
+UNIT_UPDATE = (
+    keys.LUA_KEYS
+    + """
 -- Increments of shared hashes (per-arm totals, sums over units, per-minute counters) are added
 -- up in `acc` during the script and written once per field at the end (`flush`): one event's
 -- many HINCRBYFLOATs become one per field per batch. Per-unit hashes are written at once, since
@@ -35,15 +40,15 @@ local EXTRA_PAIRS = {{'ttft_ms', 'ttft_n'}, {'fb:thumbs_up', 'votes'}, {'fb:thum
 
 local function unit_update(tag, arm, unit, deltas)
   if unit == '' then return end
-  local ukey = tag .. 'unit:' .. arm .. ':' .. unit
-  local skey = tag .. 'units:' .. arm
+  local ukey = unit_key(tag, arm, unit)
+  local skey = unit_sums_key(tag, arm)
   local flat = redis.call('HGETALL', ukey)
   if #flat == 0 then
     add(skey, 'n', 1)
     -- a unit new to this arm but known to the other moved (the share went up): SRM excludes it
     local other = 'control'
     if arm == 'control' then other = 'treatment' end
-    if redis.call('EXISTS', tag .. 'unit:' .. other .. ':' .. unit) == 1 then
+    if redis.call('EXISTS', unit_key(tag, other, unit)) == 1 then
       add(skey, 'moved_in', 1)
     end
   end
@@ -76,20 +81,21 @@ local function unit_update(tag, arm, unit, deltas)
   for _, p in ipairs(EXTRA_PAIRS) do pair(p[1], p[2]) end
 end
 """
+)
 
 RECORD_FEEDBACK = """
 local function record_feedback(tag, rid, arm, unit, signal, value, ttl, minute, keep)
-  local dkey = tag .. 'fb:' .. rid
+  local dkey = feedback_key(tag, rid)
   if redis.call('SADD', dkey, signal) == 0 then return 0 end
   redis.call('EXPIRE', dkey, ttl)
   -- a captured request (router/signals/capture.py) carries its feedback for the flywheel export
-  local ckey = tag .. 'cap:' .. rid
+  local ckey = capture_key(tag, rid)
   if redis.call('EXISTS', ckey) == 1 then redis.call('HSET', ckey, 'fb:' .. signal, value) end
-  local agg = tag .. 'arm:' .. arm
+  local agg = arm_key(tag, arm)
   add(agg, 'feedback', 1)
   add(agg, 'fb:' .. signal, 1)
   add(agg, 'fv:' .. signal, value)
-  local mkey = tag .. 'minute:' .. arm .. ':' .. minute
+  local mkey = minute_key(tag, arm, minute)
   add(mkey, 'feedback', 1)
   redis.call('EXPIRE', mkey, keep)
   local deltas = {['fb:' .. signal] = 1, ['fv:' .. signal] = value}
@@ -111,17 +117,17 @@ local written = 0
 local minutes_seen = {}
 for i = 3, #ARGV do
   local e = cjson.decode(ARGV[i])
-  local tag = 'abgate:{' .. e.experiment .. '}:'
+  local tag = exp_tag(e.experiment)
   local index = string.sub(e.arm, 1, 1) .. '|' .. e.experiment .. '|' .. e.unit
-  if redis.call('SET', 'abgate:req:' .. e.request_id, index, 'NX', 'EX', e.ttl) then
+  if redis.call('SET', request_key(e.request_id), index, 'NX', 'EX', e.ttl) then
     written = written + 1
-    redis.call('XADD', tag .. 'events', 'MAXLEN', '~', maxlen, '*',
+    redis.call('XADD', events_key(tag), 'MAXLEN', '~', maxlen, '*',
       'request_id', e.request_id, 'ts', e.ts, 'route', e.route, 'arm', e.arm,
       'unit', e.unit, 'model', e.model, 'status', e.status, 'error', e.error,
       'stream', e.stream, 'latency_ms', e.latency_ms, 'ttft_ms', e.ttft_ms,
       'prompt_tokens', e.prompt_tokens, 'completion_tokens', e.completion_tokens,
       'cost_usd', e.cost_usd)
-    local agg = tag .. 'arm:' .. e.arm
+    local agg = arm_key(tag, e.arm)
     local is_error = 0
     if e.error ~= '' then is_error = 1 end
     add(agg, 'requests', 1)
@@ -143,7 +149,7 @@ for i = 3, #ARGV do
     add(agg, 'completion_tokens', e.completion_tokens)
     add(agg, 'cost_usd', e.cost_usd)
     local minute = math.floor(e.ts / 60)
-    local mkey = tag .. 'minute:' .. e.arm .. ':' .. minute
+    local mkey = minute_key(tag, e.arm, minute)
     add(mkey, 'requests', 1)
     add(mkey, 'errors', is_error)
     add(mkey, 'latency_ms_sum', e.latency_ms)
@@ -155,7 +161,7 @@ for i = 3, #ARGV do
     unit_update(tag, e.arm, e.unit, deltas)
     -- implicit `regenerated`: the same unit repeats its last prompt within the window
     if e.regen > 0 and e.unit ~= '' and e.fp ~= '' then
-      local lkey = tag .. 'last:' .. e.unit
+      local lkey = last_key(tag, e.unit)
       local prev = redis.call('HMGET', lkey, 'fp', 'rid', 'ts', 'arm')
       if prev[1] == e.fp and prev[2] ~= e.request_id
          and e.ts - tonumber(prev[3]) <= e.regen then
@@ -176,7 +182,7 @@ FEEDBACK = (
     UNIT_UPDATE
     + RECORD_FEEDBACK
     + """
-local tag = 'abgate:{' .. ARGV[1] .. '}:'
+local tag = exp_tag(ARGV[1])
 local fresh = record_feedback(tag, ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6]),
                               tonumber(ARGV[7]), ARGV[8], tonumber(ARGV[9]))
 flush()

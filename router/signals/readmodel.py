@@ -18,6 +18,7 @@ from analysis.types import (
     MinutePoint,
     UnitSums,
 )
+from router import keys
 from router.experiments import Experiment
 
 ARMS = ("control", "treatment")
@@ -68,15 +69,14 @@ async def read_snapshot(
 ) -> ExperimentSnapshot:
     """The experiment's snapshot; `minutes` > 0 adds that many per-minute points per arm."""
     taken = time.time() if now is None else now
-    tag = f"abgate:{{{exp.name}}}:"
     last_minute = int(taken // 60)
     span = list(range(last_minute - minutes + 1, last_minute + 1)) if minutes > 0 else []
     async with redis.pipeline(transaction=False) as pipe:
         for arm in ARMS:
-            pipe.hgetall(f"{tag}arm:{arm}")
-            pipe.hgetall(f"{tag}units:{arm}")
+            pipe.hgetall(keys.arm_totals(exp.name, arm))
+            pipe.hgetall(keys.unit_sums(exp.name, arm))
             for m in span:
-                pipe.hgetall(f"{tag}minute:{arm}:{m}")
+                pipe.hgetall(keys.minute(exp.name, arm, m))
         rows = await pipe.execute()
     arms: dict[str, ArmSnapshot] = {}
     it = iter(rows)
@@ -113,7 +113,7 @@ async def unit_counts(redis: aioredis.Redis, names: list[str]) -> dict[tuple[str
     async with redis.pipeline(transaction=False) as pipe:
         for name in names:
             for arm in ARMS:
-                pipe.hget(f"abgate:{{{name}}}:units:{arm}", "n")
+                pipe.hget(keys.unit_sums(name, arm), "n")
         values = await pipe.execute()
     it = iter(values)
     return {(n, a): int(next(it) or 0) for n in names for a in ARMS}

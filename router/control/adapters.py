@@ -1,16 +1,16 @@
-"""The LoRA adapter lifecycle on every vLLM replica: load, probe, drain, unload, reconcile.
+"""The LoRA adapter lifecycle on every model-server replica: load, probe, drain, unload, reconcile.
 
-The registry lives in Redis (``abgate:adapters``: name -> JSON record) so every gateway sees
+The registry lives in Redis (router/keys.py: name -> JSON record) so every gateway instance sees
 the same adapters. A record holds the adapter's immutable name and path, the replicas it
 belongs on, and a state per replica: ``loading``, ``ready``, ``failed`` (with the reason),
 ``draining``, ``unloaded``. Names are immutable per version: loading a known name from another
-path is refused, because vLLM would mix the old and new weights (reference vllm-api.md 3.6).
+path is refused, because vLLM caches adapters by name and would keep serving the old weights
+(docs/adapters.md).
 
-Loading calls ``POST /v1/load_lora_adapter`` on every replica ("already loaded", in either of
-vLLM's error shapes, counts as success), then probes each replica with a one-token completion;
-the adapter is ready only when every replica answered the probe. Operations on one name are
-serialised across gateways by a Redis lock. Unloading waits until no request uses the adapter
-(or a timeout), then calls ``POST /v1/unload_lora_adapter`` on every replica.
+Loading asks every replica to load the adapter, then probes each one with a one-token completion
+(serving/lora.py speaks vLLM's side); the adapter is ready only when every replica answered the
+probe. Operations on one name are serialised across gateway instances by a Redis lock. Unloading
+waits until no request uses the adapter (or a timeout), then unloads it from every replica.
 """
 
 from __future__ import annotations
@@ -25,15 +25,12 @@ from typing import Literal
 import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict, Field
 
-from serving.errors import UpstreamError
+from router import keys
+from serving.lora import load_adapter, probe_adapter, unload_adapter
 from serving.pool import ReplicaPool
-from serving.upstream import parse_error_body
 
 logger = logging.getLogger(__name__)
 
-REGISTRY_KEY = "abgate:adapters"
-LOCK_PREFIX = "abgate:adapters:lock:"
-STATE_PREFIX = "abgate:adapters:state:"  # hash: replica URL -> state, one field per replica
 ReplicaStateName = Literal["loading", "ready", "failed", "draining", "unloaded"]
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,199}$")
 
@@ -90,20 +87,20 @@ class AdapterManager:
     # -- registry ------------------------------------------------------------------------------
 
     async def get(self, name: str) -> AdapterRecord | None:
-        raw = await self.redis.hget(REGISTRY_KEY, name)
+        raw = await self.redis.hget(keys.ADAPTERS, name)
         if raw is None:
             return None
         return await self._with_states(AdapterRecord.model_validate_json(raw))
 
     async def all(self) -> list[AdapterRecord]:
-        raw = await self.redis.hgetall(REGISTRY_KEY)
+        raw = await self.redis.hgetall(keys.ADAPTERS)
         records = [
             await self._with_states(AdapterRecord.model_validate_json(v)) for v in raw.values()
         ]
         return sorted(records, key=lambda r: r.created_at)
 
     async def _with_states(self, record: AdapterRecord) -> AdapterRecord:
-        states = await self.redis.hgetall(STATE_PREFIX + record.name)
+        states = await self.redis.hgetall(keys.adapter_state(record.name))
         replicas = {
             (k.decode() if isinstance(k, bytes) else k): ReplicaState.model_validate_json(v)
             for k, v in states.items()
@@ -113,11 +110,11 @@ class AdapterManager:
     async def _save(self, record: AdapterRecord) -> None:
         """The record without its per-replica states (those are written one field each)."""
         static = record.model_copy(update={"replicas": {}})
-        await self.redis.hset(REGISTRY_KEY, record.name, static.model_dump_json())
+        await self.redis.hset(keys.ADAPTERS, record.name, static.model_dump_json())
 
     async def _set(self, name: str, url: str, state: ReplicaStateName, reason: str = "") -> None:
         value = ReplicaState(state=state, reason=reason, at=time.time()).model_dump_json()
-        await self.redis.hset(STATE_PREFIX + name, url, value)
+        await self.redis.hset(keys.adapter_state(name), url, value)
 
     # -- locking -------------------------------------------------------------------------------
 
@@ -130,7 +127,7 @@ class AdapterManager:
             local = self.m._locks.setdefault(self.name, asyncio.Lock())
             await local.acquire()
             deadline = time.monotonic() + self.wait
-            key = LOCK_PREFIX + self.name
+            key = keys.adapter_lock(self.name)
             while not await self.m.redis.set(key, self.token, nx=True, px=120_000):
                 if time.monotonic() > deadline:
                     local.release()
@@ -138,7 +135,7 @@ class AdapterManager:
                 await asyncio.sleep(0.05)
 
         async def __aexit__(self, *exc: object) -> None:
-            key = LOCK_PREFIX + self.name
+            key = keys.adapter_lock(self.name)
             if (await self.m.redis.get(key)) in (self.token, self.token.encode()):
                 await self.m.redis.delete(key)
             self.m._locks[self.name].release()
@@ -181,41 +178,13 @@ class AdapterManager:
     async def _load_on(self, name: str, path: str, url: str) -> None:
         await self._set(name, url, "loading")
         upstream = self.replicas.replica(url).upstream
-        try:
-            status, body = await upstream.call(
-                "POST", "/load_lora_adapter", json={"lora_name": name, "lora_path": path},
-                limit=300,
-            )  # fmt: skip
-        except UpstreamError as exc:
-            await self._set(name, url, "failed", f"load: {exc}")
-            return
-        if status != 200:
-            info = parse_error_body(body)
-            message = info.message if info else body.decode(errors="replace")[:200]
-            if not (status == 400 and "has already been loaded" in message):
-                if status == 404 and info is not None and info.type is None:
-                    message = "runtime LoRA loading is off (VLLM_ALLOW_RUNTIME_LORA_UPDATING)"
-                await self._set(name, url, "failed", f"load: HTTP {status}: {message}")
-                return
-        await self._probe(name, url)
-
-    async def _probe(self, name: str, url: str) -> None:
-        upstream = self.replicas.replica(url).upstream
-        try:
-            status, body = await upstream.call(
-                "POST", "/chat/completions", limit=60,
-                json={"model": name, "max_tokens": 1,
-                      "messages": [{"role": "user", "content": "ping"}]},
-            )  # fmt: skip
-        except UpstreamError as exc:
-            await self._set(name, url, "failed", f"probe: {exc}")
-            return
-        if status != 200:
-            info = parse_error_body(body)
-            await self._set(name, url, "failed",
-                            f"probe: HTTP {status}: {info.message if info else ''}")  # fmt: skip
-            return
-        await self._set(name, url, "ready")
+        failure = await load_adapter(upstream, name, path)
+        if failure is None:
+            failure = await probe_adapter(upstream, name)
+        if failure is not None:
+            await self._set(name, url, "failed", failure)
+        else:
+            await self._set(name, url, "ready")
 
     # -- unload --------------------------------------------------------------------------------
 
@@ -240,19 +209,11 @@ class AdapterManager:
             return final
 
     async def _unload_on(self, name: str, url: str) -> None:
-        try:
-            status, body = await self.replicas.replica(url).upstream.call(
-                "POST", "/unload_lora_adapter", json={"lora_name": name}, limit=60
-            )
-        except UpstreamError as exc:
-            await self._set(name, url, "failed", f"unload: {exc}")
-            return
-        info = parse_error_body(body) if status != 200 else None
-        if status == 200 or (status == 404 and info and "cannot be found" in info.message):
-            await self._set(name, url, "unloaded")
+        failure = await unload_adapter(self.replicas.replica(url).upstream, name)
+        if failure is not None:
+            await self._set(name, url, "failed", failure)
         else:
-            await self._set(name, url, "failed",
-                            f"unload: HTTP {status}: {info.message if info else ''}")  # fmt: skip
+            await self._set(name, url, "unloaded")
 
     # -- reconcile -----------------------------------------------------------------------------
 
@@ -280,7 +241,3 @@ class AdapterManager:
                 replica.models = None  # re-read on the next health check
                 done.append(f"reloaded {record.name} on {url}")
         return done
-
-
-def inflight_key(gateway_id: str) -> str:
-    return f"abgate:inflight:{gateway_id}"

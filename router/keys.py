@@ -1,0 +1,208 @@
+"""The Redis key schema: every key abgate reads or writes is named here, and only here.
+
+Keys of one experiment share the hash tag ``{<experiment>}`` so that the scripts that touch
+several of them at once stay within one slot. `SCHEMA` below describes every key; the table in
+docs/redis.md is its rendering (`python -m router.keys` prints it, and a test holds the two
+together).
+
+The Lua scripts build the per-experiment and request-index keys inside Redis; they get the same
+names from `LUA_KEYS`, a prelude of Lua functions generated from the constants below, so a
+script never spells a key itself.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+PREFIX = "abgate:"
+
+# -- configuration (control plane) ----------------------------------------------------------
+
+CONFIG = PREFIX + "config"  # JSON {"version": n, "experiments": {name: experiment}}
+CONFIG_VERSION = PREFIX + "config:version"  # n, for cheap polling
+CONFIG_CHANNEL = PREFIX + "config:changes"  # pub/sub channel; the message is the new version
+AUDIT = PREFIX + "audit"  # stream of changes: actor, action, experiment, before, after, reason
+CONTROLLER_LEADER = PREFIX + "controller:leader"  # the controller's leader lock (string)
+EVAL_REPORTS = PREFIX + "eval:reports"  # hash: treatment model -> registered eval report
+
+# -- LoRA adapters and gateway instances ------------------------------------------------------
+
+ADAPTERS = PREFIX + "adapters"  # hash: adapter name -> JSON record (without replica states)
+_ADAPTER_LOCK = PREFIX + "adapters:lock:"  # + name: one load or unload at a time
+_ADAPTER_STATE = PREFIX + "adapters:state:"  # + name: hash replica URL -> JSON state
+RECONCILER = PREFIX + "reconciler"  # which gateway instance reconciles adapters this round
+_INFLIGHT = PREFIX + "inflight:"  # + gateway instance id: hash model -> requests running
+INFLIGHT_PATTERN = _INFLIGHT + "*"
+
+# -- per request ----------------------------------------------------------------------------
+
+_REQUEST = PREFIX + "req:"  # + request id: "<arm initial>|<experiment>|<unit>" (feedback window)
+
+
+def adapter_lock(name: str) -> str:
+    return _ADAPTER_LOCK + name
+
+
+def adapter_state(name: str) -> str:
+    return _ADAPTER_STATE + name
+
+
+def inflight(gateway_id: str) -> str:
+    return _INFLIGHT + gateway_id
+
+
+def request(request_id: str) -> str:
+    return _REQUEST + request_id
+
+
+# -- per experiment (one hash tag) ----------------------------------------------------------
+
+
+def experiment_tag(name: str) -> str:
+    """The common prefix of an experiment's keys, hash tag included."""
+    return f"{PREFIX}{{{name}}}:"
+
+
+def events(name: str) -> str:
+    """Stream of the experiment's recorded requests (capped)."""
+    return experiment_tag(name) + "events"
+
+
+def arm_totals(name: str, arm: str) -> str:
+    """Hash of per-arm aggregates: requests, errors, latency sums, tokens, feedback counts."""
+    return f"{experiment_tag(name)}arm:{arm}"
+
+
+def unit_sums(name: str, arm: str) -> str:
+    """Hash of the sums over units: n, moved_in, s1:<field>, s2:<field>, x:<num>|<den>."""
+    return f"{experiment_tag(name)}units:{arm}"
+
+
+def unit_totals(name: str, arm: str, unit: str) -> str:
+    """Hash of one unit's totals in one arm."""
+    return f"{experiment_tag(name)}unit:{arm}:{unit}"
+
+
+def minute(name: str, arm: str, epoch_minute: int | str) -> str:
+    """Hash of one arm's counters in one minute (expires after the minute retention)."""
+    return f"{experiment_tag(name)}minute:{arm}:{epoch_minute}"
+
+
+def feedback_seen(name: str, request_id: str) -> str:
+    """Set of the signals already counted for one request (each counts once)."""
+    return f"{experiment_tag(name)}fb:{request_id}"
+
+
+def last_prompt(name: str, unit: str) -> str:
+    """Hash of a unit's last prompt fingerprint, for implicit `regenerated` signals."""
+    return f"{experiment_tag(name)}last:{unit}"
+
+
+def capture(name: str, request_id: str) -> str:
+    """Hash of one captured exchange: ``item`` (JSON) and ``fb:<signal>`` per feedback."""
+    return f"{experiment_tag(name)}cap:{request_id}"
+
+
+def captures(name: str) -> str:
+    """List of captured request ids, newest first, trimmed to the capture's ``max_items``."""
+    return experiment_tag(name) + "captures"
+
+
+def decisions(name: str) -> str:
+    """Stream of the controller's evaluations of the experiment."""
+    return experiment_tag(name) + "decisions"
+
+
+def controller_step(name: str) -> str:
+    """Hash of the controller's ramp step: share, start time, unit counts at the start."""
+    return experiment_tag(name) + "ctl"
+
+
+# The same names for Lua: `tag` is `exp_tag(experiment)`. Suffixes match the functions above
+# (tests/router/test_keys.py checks both against each other on a real redis-server).
+LUA_KEYS = f"""
+local function exp_tag(name) return '{PREFIX}{{' .. name .. '}}:' end
+local function request_key(rid) return '{_REQUEST}' .. rid end
+local function arm_key(tag, arm) return tag .. 'arm:' .. arm end
+local function unit_sums_key(tag, arm) return tag .. 'units:' .. arm end
+local function unit_key(tag, arm, unit) return tag .. 'unit:' .. arm .. ':' .. unit end
+local function minute_key(tag, arm, m) return tag .. 'minute:' .. arm .. ':' .. m end
+local function events_key(tag) return tag .. 'events' end
+local function feedback_key(tag, rid) return tag .. 'fb:' .. rid end
+local function last_key(tag, unit) return tag .. 'last:' .. unit end
+local function capture_key(tag, rid) return tag .. 'cap:' .. rid end
+local function captures_key(tag) return tag .. 'captures' end
+"""
+
+
+class KeyDoc(NamedTuple):
+    pattern: str
+    type: str
+    written_by: str
+    content: str
+
+
+SCHEMA: tuple[KeyDoc, ...] = (
+    KeyDoc(CONFIG, "string", "config store",
+           'JSON `{"version": n, "experiments": {name: experiment}}`'),
+    KeyDoc(CONFIG_VERSION, "string", "config store", "`n`, polled by every gateway instance"),
+    KeyDoc(CONFIG_CHANNEL, "pub/sub", "config store", "the new version, on every change"),
+    KeyDoc(AUDIT, "stream", "config store",
+           "`ts, version, actor, action, experiment, before, after, reason`"),
+    KeyDoc(request("<request_id>"), "string, TTL = feedback window", "event writer",
+           "`<a>|<experiment>|<unit>` (`a`: `c` or `t`), about 160 bytes with its key"),
+    KeyDoc(events("<exp>"), "stream, capped (`MAXLEN ~`)", "event writer",
+           "one entry per proxied request: `request_id, ts, route, arm, unit, model, status, "
+           "error, stream, latency_ms, ttft_ms, prompt_tokens, completion_tokens, cost_usd`"),
+    KeyDoc(arm_totals("<exp>", "<arm>"), "hash", "event writer, feedback",
+           "`requests, errors, status_2xx/4xx/5xx, latency_ms_sum, latency_ms_sq_sum, "
+           "ttft_count, ttft_ms_sum, ttft_ms_sq_sum, prompt_tokens, completion_tokens, cost_usd`; "
+           "`feedback`, `fb:<signal>` (count) and `fv:<signal>` (value sum)"),
+    KeyDoc(minute("<exp>", "<arm>", "<epoch minute>"), "hash, expires after the retention",
+           "event writer, feedback",
+           "`requests, errors, latency_ms_sum, completion_tokens, feedback`"),
+    KeyDoc(unit_totals("<exp>", "<arm>", "<unit>"), "hash", "event writer, feedback",
+           "the unit's totals: `requests, errors, latency_ms, ttft_ms, ttft_n, prompt_tokens, "
+           "completion_tokens, cost_usd, votes, fb:<signal>, fv:<signal>`"),
+    KeyDoc(unit_sums("<exp>", "<arm>"), "hash", "event writer, feedback",
+           "`n` (distinct units), `moved_in`, `s1:<field>` Σy, `s2:<field>` Σy², "
+           "`x:<num>|<den>` Σy·n for every field with `requests`, and `ttft_ms|ttft_n`, "
+           "`fb:thumbs_up|votes`, `fb:thumbs_down|votes`"),
+    KeyDoc(feedback_seen("<exp>", "<request_id>"), "set, TTL = feedback window", "feedback",
+           "signals already recorded for the request (duplicates are answered 200)"),
+    KeyDoc(last_prompt("<exp>", "<unit>"), "hash, TTL = regeneration window", "event writer",
+           "fingerprint, request id, time and arm of the unit's last prompt"),
+    KeyDoc(capture("<exp>", "<request_id>"), "hash, TTL = capture retention", "capture writer",
+           "`item` (the redacted exchange, JSON) and `fb:<signal>` per feedback"),
+    KeyDoc(captures("<exp>"), "list", "capture writer",
+           "captured request ids, newest first, trimmed to `max_items`"),
+    KeyDoc(controller_step("<exp>"), "hash", "controller",
+           "the ramp step: share, start time, unit counts at its start"),
+    KeyDoc(decisions("<exp>"), "stream, capped", "controller", "every evaluation and decision"),
+    KeyDoc(CONTROLLER_LEADER, "string, TTL = lock TTL", "controller",
+           "the leader's identity (compare-and-renew, compare-and-delete)"),
+    KeyDoc(EVAL_REPORTS, "hash", "admin API (`abgate eval --register`)",
+           "treatment model -> its newest registered eval report"),
+    KeyDoc(ADAPTERS, "hash", "adapter registry",
+           "adapter name -> JSON record (name, path, base model, replica URLs)"),
+    KeyDoc(adapter_state("<name>"), "hash", "adapter registry",
+           "model-server replica URL -> JSON state (`loading`, `ready`, `failed`, `draining`, "
+           "`unloaded`, with a reason)"),
+    KeyDoc(adapter_lock("<name>"), "string, TTL", "adapter registry",
+           "one load or unload of the adapter at a time, across gateway instances"),
+    KeyDoc(RECONCILER, "string, TTL = reconcile interval", "gateway instances",
+           "which gateway instance reconciles adapters this round"),
+    KeyDoc(inflight("<gateway id>"), "hash, TTL = 3 health intervals", "gateway instances",
+           "model -> requests this gateway instance has running (adapter drains wait for them)"),
+)  # fmt: skip
+
+
+def markdown_table() -> str:
+    """`SCHEMA` as the Markdown table of docs/redis.md."""
+    rows = ["| key | type | written by | content |", "|---|---|---|---|"]
+    rows += [f"| `{k.pattern}` | {k.type} | {k.written_by} | {k.content} |" for k in SCHEMA]
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown_table(), end="")

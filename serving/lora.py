@@ -1,0 +1,66 @@
+"""vLLM's side of the LoRA adapter lifecycle: load, probe and unload on one model server.
+
+Each call answers None when it worked, else the reason, worded for the adapter registry
+(router/control/adapters.py) to store and show. What vLLM answers is in docs/vllm.md:
+loading a name that is already loaded is refused with 400 "has already been loaded" (counted as
+success, in either of vLLM's error shapes); the load route answers a bare 404 when runtime LoRA
+updating is off; unloading an unknown name answers 404 "cannot be found" (counted as unloaded).
+"""
+
+from __future__ import annotations
+
+from serving.errors import UpstreamError
+from serving.upstream import Upstream, parse_error_body
+
+LOAD_TIMEOUT_SECONDS = 300
+PROBE_TIMEOUT_SECONDS = 60
+UNLOAD_TIMEOUT_SECONDS = 60
+
+
+async def load_adapter(upstream: Upstream, name: str, path: str) -> str | None:
+    try:
+        status, body = await upstream.call(
+            "POST", "/load_lora_adapter", json={"lora_name": name, "lora_path": path},
+            limit=LOAD_TIMEOUT_SECONDS,
+        )  # fmt: skip
+    except UpstreamError as exc:
+        return f"load: {exc}"
+    if status == 200:
+        return None
+    info = parse_error_body(body)
+    message = info.message if info else body.decode(errors="replace")[:200]
+    if status == 400 and "has already been loaded" in message:
+        return None
+    if status == 404 and info is not None and info.type is None:
+        message = "runtime LoRA loading is off (VLLM_ALLOW_RUNTIME_LORA_UPDATING)"
+    return f"load: HTTP {status}: {message}"
+
+
+async def probe_adapter(upstream: Upstream, name: str) -> str | None:
+    """A one-token completion with the adapter: proves that it serves, not only that it loaded."""
+    try:
+        status, body = await upstream.call(
+            "POST", "/chat/completions", limit=PROBE_TIMEOUT_SECONDS,
+            json={"model": name, "max_tokens": 1,
+                  "messages": [{"role": "user", "content": "ping"}]},
+        )  # fmt: skip
+    except UpstreamError as exc:
+        return f"probe: {exc}"
+    if status == 200:
+        return None
+    info = parse_error_body(body)
+    return f"probe: HTTP {status}: {info.message if info else ''}"
+
+
+async def unload_adapter(upstream: Upstream, name: str) -> str | None:
+    try:
+        status, body = await upstream.call(
+            "POST", "/unload_lora_adapter", json={"lora_name": name},
+            limit=UNLOAD_TIMEOUT_SECONDS,
+        )  # fmt: skip
+    except UpstreamError as exc:
+        return f"unload: {exc}"
+    info = parse_error_body(body) if status != 200 else None
+    if status == 200 or (status == 404 and info and "cannot be found" in info.message):
+        return None
+    return f"unload: HTTP {status}: {info.message if info else ''}"
