@@ -19,6 +19,9 @@ import orjson
 # A JSON string (unrolled: runs of plain bytes are matched in one step) or a structural byte.
 _TOKENS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[{}\[\],:]', re.DOTALL)
 _WS = b" \t\r\n"
+_MODEL_KEY = frozenset((b'"model"',))
+_MODEL_AND_OPTIONS = frozenset((b'"model"', b'"stream_options"'))
+_USAGE_ON = b'"stream_options":{"include_usage":true}'
 
 
 def top_level_spans(body: bytes, keys: frozenset[bytes]) -> dict[bytes, tuple[int, int]]:
@@ -113,6 +116,47 @@ def rewrite(body: bytes, edits: list[tuple[int, int, bytes]]) -> bytes:
         pos = end
     out.append(body[pos:])
     return b"".join(out)
+
+
+def edit_request(
+    raw: bytes,
+    *,
+    stream: bool,
+    client_wants_usage: bool,
+    model_json: bytes | None,
+    has_options: bool,
+    alias: bytes | None = None,
+) -> bytes:
+    """The body to forward: `model` rewritten to `model_json` (None: kept) and, on streams
+    whose client did not ask for it, the usage chunk requested.
+
+    `has_options`: the parsed body has a top-level `stream_options`; `alias`: the client's
+    `model` as a JSON string literal, for the scan-free fast path (`model_span`)."""
+    if model_json is None and (not stream or client_wants_usage):
+        return raw
+    # look only for the keys that are there, so the scan can stop at the last one it needs
+    need_options = stream and not client_wants_usage and has_options
+    quick = None if need_options or alias is None else model_span(raw, alias)
+    if quick is not None:
+        spans = {b'"model"': quick}
+    else:
+        spans = top_level_spans(raw, _MODEL_AND_OPTIONS if need_options else _MODEL_KEY)
+    edits: list[tuple[int, int, bytes]] = []
+    if model_json is not None:
+        start, end = spans[b'"model"']
+        edits.append((start, end, model_json))
+    if stream and not client_wants_usage:
+        span = spans.get(b'"stream_options"')
+        if need_options and span is not None:
+            start, end = span
+            opts = orjson.loads(raw[start:end])
+            opts = dict(opts) if isinstance(opts, dict) else {}
+            opts["include_usage"] = True
+            edits.append((start, end, orjson.dumps(opts)))
+        else:
+            brace = closing_brace(raw)
+            edits.append((brace, brace, b"," + _USAGE_ON))
+    return rewrite(raw, edits)
 
 
 _PUNCT = re.compile(r"[\W_]+", re.UNICODE)

@@ -1,10 +1,11 @@
 """The gateway's own circuit breaker: no controller needed to stop a broken treatment.
 
-Per replica and experiment, a sliding window of the last N treatment outcomes. When at least
-`min_errors` of them failed and the failed share reaches `error_ratio`, the breaker opens: this
-replica sends the experiment's treatment traffic to control at once, and asks the store for a
-rollback (audited, actor `circuit-breaker`), which then reaches every replica. The state is
-keyed by experiment name and version, so a new version starts with a closed breaker.
+Per gateway instance and experiment, a sliding window of the last N treatment outcomes. When at
+least `min_errors` of them failed and the failed share reaches `error_ratio`, the breaker opens:
+this gateway instance sends the experiment's treatment traffic to control at once, and asks the
+store for a rollback (audited, actor `circuit-breaker`), which then reaches every gateway
+instance. The state is keyed by experiment name and version, so a new version starts with a
+closed breaker.
 """
 
 from __future__ import annotations

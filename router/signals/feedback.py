@@ -16,25 +16,22 @@ import logging
 import math
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
+import redis.asyncio as aioredis
 from fastapi import APIRouter, Request, Response
 from redis.exceptions import RedisError
 
 from analysis.types import BUILTIN_SIGNALS
-from router.dataplane.proxy import new_request_id
-from router.errors import (
-    GatewayError,
-    InvalidRequest,
-    NotFound,
-    PayloadTooLarge,
-    StoreUnavailable,
-    Unprocessable,
-    UnsupportedMediaType,
-)
-from router.runtime.gateway import Gateway
+from router import keys
+from router.errors import GatewayError, NotFound, PayloadTooLarge, StoreUnavailable, Unprocessable
+from router.experiments import Experiment
+from router.http import JsonIntake, error_object, new_request_id
+from router.metrics import GatewayMetrics
+from router.signals.events import EventWriter
 from router.signals.lua import FEEDBACK
 
 logger = logging.getLogger(__name__)
@@ -44,6 +41,52 @@ MAX_ABS_VALUE = 1e12
 PENDING_WAIT_SECONDS = 2.0
 _RID = re.compile(r"^req_[0-9a-f]{32}$")
 _FIELDS = frozenset({"request_id", "signal", "value"})
+_INTAKE = JsonIntake(
+    noun="feedback body",
+    media_type_message="feedback must be sent as Content-Type: application/json",
+)
+
+
+class ExperimentsTable(Protocol):
+    """The routing table's experiments by name (what a request id's experiment must be)."""
+
+    @property
+    def experiments(self) -> Mapping[str, Experiment]: ...
+
+
+class FeedbackSettings(Protocol):
+    @property
+    def max_feedback_bytes(self) -> int: ...
+
+    @property
+    def feedback_window_seconds(self) -> int: ...
+
+    @property
+    def minute_retention_seconds(self) -> int: ...
+
+
+class FeedbackGateway(Protocol):
+    """What the feedback route reads from the gateway process object."""
+
+    @property
+    def redis(self) -> aioredis.Redis: ...
+
+    @property
+    def table(self) -> ExperimentsTable: ...
+
+    @property
+    def settings(self) -> FeedbackSettings: ...
+
+    @property
+    def metrics(self) -> GatewayMetrics: ...
+
+    @property
+    def writer(self) -> EventWriter:
+        """Its `pending` events and `flushed` pulse tell whether a request is on its way."""
+
+    @property
+    def inflight(self) -> set[str]:
+        """Request ids whose event is not submitted yet."""
 
 
 @dataclass(slots=True)
@@ -80,86 +123,99 @@ def _parse_item(raw: object) -> _Item:
     return _Item(rid, signal, float(value))
 
 
+@dataclass(slots=True)
+class _Call:
+    """One feedback item attributed to its request: the script's arguments."""
+
+    pos: int  # the item's position in the batch
+    item: _Item
+    experiment: str
+    arm: str
+    unit: str
+
+
+def _attribute(
+    pos: int, item: _Item, index: tuple[str, str, str] | None, table: ExperimentsTable
+) -> _Call:
+    """The experiment, arm and unit of the item's request, after checking the signal."""
+    if index is None:
+        raise NotFound(f"unknown or expired request id {item.request_id!r}", param="request_id")
+    code, exp_name, unit = index
+    exp = table.experiments.get(exp_name)
+    if exp is None:
+        raise NotFound(f"the experiment {exp_name!r} of this request no longer exists")
+    if item.signal not in BUILTIN_SIGNALS and item.signal not in exp.signals:
+        allowed = ", ".join([*BUILTIN_SIGNALS, *exp.signals])
+        raise Unprocessable(
+            f"unknown signal {item.signal!r} for experiment {exp_name!r}; accepted: {allowed}",
+            param="signal",
+        )
+    return _Call(pos, item, exp_name, "treatment" if code == "t" else "control", unit)
+
+
 class FeedbackService:
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: FeedbackGateway) -> None:
         self._gw = gateway
         self._script = gateway.redis.register_script(FEEDBACK)
 
     async def record(self, raws: list[object]) -> list[tuple[int, dict[str, Any]]]:
         """(status, body) for each item, in order."""
-        gw = self._gw
         results: list[tuple[int, dict[str, Any]] | None] = [None] * len(raws)
         items: dict[int, _Item] = {}
         for i, raw in enumerate(raws):
             try:
-                item = _parse_item(raw)
+                items[i] = _parse_item(raw)
             except GatewayError as exc:
                 results[i] = _error(exc)
-                continue
-            items[i] = item
         indexes = await self._indexes({i: it.request_id for i, it in items.items()})
-        calls: list[tuple[int, _Item, str, str, str]] = []
         now = time.time()
-        table = gw.table
+        table = self._gw.table
+        calls: list[_Call] = []
         for i, item in items.items():
-            index = indexes.get(i)
-            if index is None:
-                results[i] = _error(
-                    NotFound(
-                        f"unknown or expired request id {item.request_id!r}",
-                        param="request_id",
-                    )
-                )
-                continue
-            code, exp_name, unit = index
-            arm = "treatment" if code == "t" else "control"
-            exp = table.experiments.get(exp_name)
-            if exp is None:
-                results[i] = _error(
-                    NotFound(f"the experiment {exp_name!r} of this request no longer exists")
-                )
-                continue
-            if item.signal not in BUILTIN_SIGNALS and item.signal not in exp.signals:
-                allowed = ", ".join([*BUILTIN_SIGNALS, *exp.signals])
-                results[i] = _error(
-                    Unprocessable(
-                        f"unknown signal {item.signal!r} for experiment {exp_name!r}; "
-                        f"accepted: {allowed}",
-                        param="signal",
-                    )
-                )
-                continue
-            calls.append((i, item, exp_name, arm, unit))
-        if calls:
-            ttl_default = gw.settings.feedback_window_seconds
-            keep = gw.settings.minute_retention_seconds
-            minute = int(now // 60)
             try:
-                async with gw.redis.pipeline(transaction=False) as pipe:
-                    for _, item, exp_name, arm, unit in calls:
-                        exp = table.experiments[exp_name]
-                        ttl = exp.feedback_window_seconds or ttl_default
-                        await self._script(
-                            args=[exp_name, item.request_id, arm, unit, item.signal, item.value,
-                                  ttl, minute, keep],
-                            client=pipe,
-                        )  # fmt: skip
-                    outcomes = await pipe.execute()
-            except RedisError as exc:
-                gw.metrics.redis_errors.labels("feedback").inc()
-                raise StoreUnavailable(
-                    "Redis is unreachable: the feedback was not recorded; retry later"
-                ) from exc
-            for (i, item, exp_name, arm, _), fresh in zip(calls, outcomes, strict=True):
-                body = {"request_id": item.request_id, "signal": item.signal, "arm": arm,
-                        "experiment": exp_name}  # fmt: skip
-                if fresh:
-                    route = table.experiments[exp_name].route
-                    gw.metrics.feedback.labels(route, exp_name, arm, item.signal).inc()
-                    results[i] = (202, {**body, "result": "accepted"})
-                else:
-                    results[i] = (200, {**body, "result": "duplicate"})
+                calls.append(_attribute(i, item, indexes.get(i), table))
+            except GatewayError as exc:
+                results[i] = _error(exc)
+        if calls:
+            counted = await self._count(calls, table, now)
+            for call, fresh in zip(calls, counted, strict=True):
+                results[call.pos] = self._answer(call, bool(fresh), table)
         return [r for r in results if r is not None]
+
+    async def _count(self, calls: list[_Call], table: ExperimentsTable, now: float) -> list[Any]:
+        """Run the feedback script for each call in one pipeline; truthy: counted now."""
+        gw = self._gw
+        ttl_default = gw.settings.feedback_window_seconds
+        keep = gw.settings.minute_retention_seconds
+        minute = int(now // 60)
+        try:
+            async with gw.redis.pipeline(transaction=False) as pipe:
+                for call in calls:
+                    item = call.item
+                    ttl = table.experiments[call.experiment].feedback_window_seconds or ttl_default
+                    await self._script(
+                        args=[call.experiment, item.request_id, call.arm, call.unit, item.signal,
+                              item.value, ttl, minute, keep],
+                        client=pipe,
+                    )  # fmt: skip
+                return list(await pipe.execute())
+        except RedisError as exc:
+            gw.metrics.redis_errors.labels("feedback").inc()
+            raise StoreUnavailable(
+                "Redis is unreachable: the feedback was not recorded; retry later"
+            ) from exc
+
+    def _answer(
+        self, call: _Call, fresh: bool, table: ExperimentsTable
+    ) -> tuple[int, dict[str, Any]]:
+        item = call.item
+        body = {"request_id": item.request_id, "signal": item.signal, "arm": call.arm,
+                "experiment": call.experiment}  # fmt: skip
+        if not fresh:
+            return 200, {**body, "result": "duplicate"}
+        route = table.experiments[call.experiment].route
+        self._gw.metrics.feedback.labels(route, call.experiment, call.arm, item.signal).inc()
+        return 202, {**body, "result": "accepted"}
 
     async def _indexes(self, rids: dict[int, str]) -> dict[int, tuple[str, str, str]]:
         """Request index entries by item position; waits briefly for events still buffered.
@@ -195,7 +251,7 @@ class FeedbackService:
     async def _mget(self, rids: dict[int, str]) -> dict[int, tuple[str, str, str]]:
         positions = list(rids)
         try:
-            values = await self._gw.redis.mget([f"abgate:req:{rids[i]}" for i in positions])
+            values = await self._gw.redis.mget([keys.request(rids[i]) for i in positions])
         except RedisError as exc:
             self._gw.metrics.redis_errors.labels("feedback").inc()
             raise StoreUnavailable("Redis is unreachable: the feedback was not recorded") from exc
@@ -211,12 +267,10 @@ class FeedbackService:
 
 
 def _error(exc: GatewayError) -> tuple[int, dict[str, Any]]:
-    return exc.status, {
-        "error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}
-    }
+    return exc.status, error_object(exc.message, exc.type, exc.param, exc.code)
 
 
-def build_feedback_router(gateway: Gateway) -> APIRouter:
+def build_feedback_router(gateway: FeedbackGateway) -> APIRouter:
     service = FeedbackService(gateway)
     router = APIRouter(tags=["feedback"])
     limit = gateway.settings.max_feedback_bytes
@@ -224,21 +278,8 @@ def build_feedback_router(gateway: Gateway) -> APIRouter:
     @router.post("/v1/feedback", status_code=202)
     async def feedback(request: Request) -> Response:
         """Report an outcome signal for a request (or a list of up to 1,000)."""
-        ctype = request.headers.get("content-type", "")
-        if not ctype.lower().startswith("application/json"):
-            raise UnsupportedMediaType("feedback must be sent as Content-Type: application/json")
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit:
-            raise PayloadTooLarge(f"feedback body exceeds {limit} bytes")
-        raw = b""
-        async for chunk in request.stream():
-            raw += chunk
-            if len(raw) > limit:
-                raise PayloadTooLarge(f"feedback body exceeds {limit} bytes")
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidRequest(f"the feedback body is not valid JSON: {exc}") from None
+        raw = await _INTAKE.read(dict(request.scope["headers"]), request.receive, limit)
+        data = _INTAKE.parse(raw)
         if isinstance(data, list):
             if not data:
                 raise Unprocessable("the batch is empty")

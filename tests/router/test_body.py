@@ -8,8 +8,7 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from router.dataplane.body import rewrite, top_level_spans
-from router.dataplane.proxy import _ask_usage
+from router.dataplane.body import edit_request, rewrite, top_level_spans
 
 KEYS = frozenset((b'"model"', b'"stream_options"'))
 
@@ -51,20 +50,39 @@ def test_spans_locate_top_level_values(
     )
 
 
+def _edit(
+    raw: bytes,
+    *,
+    stream: bool = False,
+    model_json: bytes | None = None,
+    has_options: bool = False,
+    alias: bytes | None = None,
+) -> bytes:
+    """`edit_request` for a client that did not ask for usage itself."""
+    return edit_request(
+        raw,
+        stream=stream,
+        client_wants_usage=False,
+        model_json=model_json,
+        has_options=has_options,
+        alias=alias,
+    )
+
+
 def test_only_model_bytes_change() -> None:
     raw = b'{"messages": [{"role": "user", "content": "model"}], "model" : "alias", "x": 1.50}'
-    out = _ask_usage(raw, False, False, b'"upstream-model"')
+    out = _edit(raw, model_json=b'"upstream-model"')
     assert out == raw.replace(b'"alias"', b'"upstream-model"')
 
 
 def test_usage_is_requested_on_streams_only() -> None:
     raw = b'{"model":"a","stream":true}'
-    out = orjson.loads(_ask_usage(raw, True, False, b'"b"'))
+    out = orjson.loads(_edit(raw, stream=True, model_json=b'"b"'))
     assert out == {"model": "b", "stream": True, "stream_options": {"include_usage": True}}
     explicit_off = b'{"model":"a","stream":true,"stream_options":{"include_usage":false,"x":1}}'
-    out = orjson.loads(_ask_usage(explicit_off, True, False, b'"b"', True))
+    out = orjson.loads(_edit(explicit_off, stream=True, model_json=b'"b"', has_options=True))
     assert out["stream_options"] == {"include_usage": True, "x": 1}
-    assert _ask_usage(b'{"model":"a"}', False, False, None) == b'{"model":"a"}'
+    assert _edit(b'{"model":"a"}') == b'{"model":"a"}'
 
 
 @settings(max_examples=200, deadline=None)
@@ -73,12 +91,12 @@ def test_fast_path_agrees_with_the_scanner(doc: dict[str, object], alias: str, f
     doc = {k: v for k, v in doc.items() if k != "model"}
     items = [("model", alias), *doc.items()] if first else [*doc.items(), ("model", alias)]
     raw = json.dumps(dict(items)).encode()
-    fast = _ask_usage(raw, False, False, b'"t"', False, orjson.dumps(alias))
-    slow = _ask_usage(raw, False, False, b'"t"', False)
+    fast = _edit(raw, model_json=b'"t"', alias=orjson.dumps(alias))
+    slow = _edit(raw, model_json=b'"t"')
     assert fast == slow
     nested = json.dumps({"messages": [{"model": alias}], "model": alias}).encode()
-    assert _ask_usage(nested, False, False, b'"t"', False, orjson.dumps(alias)) == _ask_usage(
-        nested, False, False, b'"t"', False
+    assert _edit(nested, model_json=b'"t"', alias=orjson.dumps(alias)) == _edit(
+        nested, model_json=b'"t"'
     )
 
 
