@@ -1,0 +1,1 @@
+"""One gateway process: the `Gateway` object and its background services."""
