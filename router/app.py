@@ -1,30 +1,35 @@
 """The app factory: a raw ASGI dispatcher in front of a FastAPI app.
 
 The two completion routes go straight to the `Proxy` (the hot path); everything else (models,
-health, metrics, and the admin and feedback APIs of later issues) is FastAPI. FastAPI's lifespan
-opens the gateway's clients in order and closes them in reverse.
+health, metrics, the admin and feedback APIs) is FastAPI. FastAPI's lifespan opens the gateway's
+clients in order and closes them in reverse.
+
+Errors reach clients in the OpenAI shape (`router.http.error_body`) with a fresh request id. A
+`RedisError` that escapes a route becomes a 503 with a generic message: its text names hosts
+and internals, so it goes to the log only.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from router.admin.adapters import build_adapters_router
-from router.admin.experiments import build_admin_router
-from router.admin.flywheel import build_flywheel_router
-from router.dataplane.proxy import Proxy, new_request_id
-from router.errors import GatewayError
-from router.http import Receive, Scope, Send, error_body
+from router.admin import actions, adapters, audit, experiments, flywheel, reports
+from router.admin.deps import warn_about_admin_mode
+from router.dataplane.proxy import Proxy
+from router.errors import GatewayError, StoreUnavailable
+from router.http import Receive, Scope, Send, error_body, new_request_id
 from router.runtime.gateway import Gateway
 from router.settings import Settings
 from router.signals.feedback import build_feedback_router
@@ -32,6 +37,15 @@ from router.signals.feedback import build_feedback_router
 logger = logging.getLogger(__name__)
 
 PROXY_PATHS = {"/v1/chat/completions": "/chat/completions", "/v1/completions": "/completions"}
+STORE_UNAVAILABLE = "the configuration store (Redis) is unavailable; retry later"
+ADMIN_ROUTERS = (
+    experiments.router,
+    actions.router,
+    reports.router,
+    audit.router,
+    adapters.router,
+    flywheel.router,
+)
 
 
 class GatewayApp:
@@ -63,56 +77,55 @@ def _json_error(
     )
 
 
-def create_app(settings: Settings, registry: CollectorRegistry | None = None) -> GatewayApp:
-    gateway = Gateway(settings, registry)
+async def _domain_error(_: Request, exc: GatewayError) -> Response:
+    response = _json_error(exc.status, exc.message, exc.type, exc.code, exc.param)
+    if exc.status == 401:
+        response.headers["WWW-Authenticate"] = "Bearer"
+    return response
 
-    @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await gateway.start()
-        # Everything allocated at start-up (modules, settings, compiled tables) lives as long
-        # as the process: move it out of the collector's reach, so the rare full collections
-        # scan only request-time objects instead of pausing the loop for milliseconds.
-        gc.collect()
-        gc.freeze()
-        try:
-            yield
-        finally:
-            await gateway.close()
 
-    api = FastAPI(title="abgate", lifespan=lifespan, docs_url=None, redoc_url=None)
-    api.state.gateway = gateway
+async def _redis_error(request: Request, exc: RedisError) -> Response:
+    """503 with a generic message; the exception's text (hosts, ports, internals) is logged."""
+    path, kind = request.url.path, type(exc).__name__
+    logger.warning("%s %s: Redis error (%s): %s", request.method, path, kind, exc)
+    return _json_error(503, STORE_UNAVAILABLE, StoreUnavailable.type, StoreUnavailable.code)
 
-    @api.exception_handler(GatewayError)
-    async def _domain_error(_: Request, exc: GatewayError) -> Response:
-        response = _json_error(exc.status, exc.message, exc.type, exc.code, exc.param)
-        if exc.status == 401:
-            response.headers["WWW-Authenticate"] = "Bearer"
-        return response
 
-    @api.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        response = _json_error(exc.status_code, str(exc.detail), "invalid_request_error")
-        response.headers.update(exc.headers or {})
-        if exc.status_code == 405:  # Starlette names only the first matching route's methods
-            methods = [
-                m
-                for m in ("GET", "POST", "PUT", "PATCH", "DELETE")
-                if any(
-                    r.matches({**request.scope, "method": m})[0] == Match.FULL
-                    for r in api.router.routes
-                )
-            ]
-            if methods:
-                response.headers["Allow"] = ", ".join(methods)
-        return response
+async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    response = _json_error(exc.status_code, str(exc.detail), "invalid_request_error")
+    response.headers.update(exc.headers or {})
+    if exc.status_code == 405:  # Starlette names only the first matching route's methods
+        routes = request.app.router.routes
+        methods = [
+            m
+            for m in ("GET", "POST", "PUT", "PATCH", "DELETE")
+            if any(r.matches({**request.scope, "method": m})[0] == Match.FULL for r in routes)
+        ]
+        if methods:
+            response.headers["Allow"] = ", ".join(methods)
+    return response
 
-    @api.exception_handler(RequestValidationError)
-    async def _validation_error(_: Request, exc: RequestValidationError) -> Response:
-        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-        where = ".".join(str(p) for p in first["loc"])
-        return _json_error(
-            422, f"{where}: {first['msg']}", "invalid_request_error", "invalid_value", where
-        )
+
+async def _validation_error(_: Request, exc: RequestValidationError) -> Response:
+    first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+    where = ".".join(str(p) for p in first["loc"])
+    return _json_error(
+        422, f"{where}: {first['msg']}", "invalid_request_error", "invalid_value", where
+    )
+
+
+ERROR_HANDLERS: dict[
+    int | type[Exception], Callable[[Request, Any], Coroutine[Any, Any, Response]]
+] = {
+    GatewayError: _domain_error,
+    RedisError: _redis_error,
+    StarletteHTTPException: _http_error,
+    RequestValidationError: _validation_error,
+}
+
+
+def _add_service_routes(api: FastAPI, gateway: Gateway) -> None:
+    """Liveness, readiness, metrics and the model list."""
 
     @api.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -140,8 +153,34 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     async def models() -> dict[str, object]:
         return {"object": "list", "data": await gateway.models()}
 
-    api.include_router(build_admin_router(gateway))
+
+def create_app(settings: Settings, registry: CollectorRegistry | None = None) -> GatewayApp:
+    gateway = Gateway(settings, registry)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await gateway.start()
+        # Everything allocated at start-up (modules, settings, compiled tables) lives as long
+        # as the process: move it out of the collector's reach, so the rare full collections
+        # scan only request-time objects instead of pausing the loop for milliseconds.
+        gc.collect()
+        gc.freeze()
+        try:
+            yield
+        finally:
+            await gateway.close()
+
+    api = FastAPI(
+        title="abgate",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        exception_handlers=ERROR_HANDLERS,
+    )
+    api.state.gateway = gateway  # what the admin routes' `get_gateway` dependency reads
+    _add_service_routes(api, gateway)
+    warn_about_admin_mode(settings)
+    for admin_router in ADMIN_ROUTERS:
+        api.include_router(admin_router)
     api.include_router(build_feedback_router(gateway))
-    api.include_router(build_adapters_router(gateway))
-    api.include_router(build_flywheel_router(gateway))
     return GatewayApp(gateway, api)

@@ -10,24 +10,40 @@ import asyncio
 import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Path, Query
+from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import RedisError
 
-from router.admin.experiments import ADMIN_ERRORS, ExperimentName, admin_auth
-from router.control.changes import apply_change
-from router.control.evalgate import check_start, load_records
+from router.admin.deps import (
+    ADMIN_AUTH,
+    ADMIN_ERRORS,
+    Actor,
+    ExperimentName,
+    GatewayDep,
+    change,
+    eval_records,
+    require_experiment,
+)
+from router.control.adapters import AdapterError, AdapterRecord
+from router.control.evalgate import check_start
 from router.control.lifecycle import bump
-from router.errors import Conflict, GatewayError, NotFound, StoreUnavailable, Unprocessable
+from router.errors import Conflict, GatewayError, NotFound, Unprocessable
 from router.experiments import Experiment
 from router.runtime.gateway import Gateway
-from serving.adapters import AdapterError, AdapterRecord
 
 logger = logging.getLogger(__name__)
+
+router = APIRouter(
+    prefix="/admin", tags=["adapters"], dependencies=ADMIN_AUTH, responses=ADMIN_ERRORS
+)
 
 AdapterName = Annotated[
     str, Path(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
 ]
+
+# Unloads that run after a swap answered; held here so the event loop's weak references to the
+# tasks are not the only ones.
+_retiring: set[asyncio.Task[None]] = set()
 
 
 class LoadRequest(BaseModel):
@@ -92,127 +108,113 @@ def _refuse(exc: AdapterError) -> GatewayError:
     return Conflict(exc.message)
 
 
-def build_adapters_router(gateway: Gateway) -> APIRouter:
-    router = APIRouter(
-        prefix="/admin",
-        tags=["adapters"],
-        responses=ADMIN_ERRORS,
-        dependencies=[Depends(admin_auth(gateway.settings))],
-    )
-    adapters = gateway.adapters
-    background: set[asyncio.Task[None]] = set()
+def _in_use(gateway: Gateway, name: str) -> list[str]:
+    """The experiments (not final yet) whose control or treatment routes to adapter `name`."""
+    return [
+        e.name
+        for e in gateway.table.experiments.values()
+        if e.state in ("draft", "running", "paused")
+        and name in (e.treatment.model, e.control.model)
+    ]
 
-    def in_use(name: str) -> list[str]:
-        return [
-            e.name
-            for e in gateway.table.experiments.values()
-            if e.state in ("draft", "running", "paused")
-            and name in (e.treatment.model, e.control.model)
-        ]
 
-    @router.get("/adapters", response_model=AdapterList)
-    async def list_adapters() -> AdapterList:
-        try:
-            return AdapterList(adapters=[_out(r) for r in await adapters.all()])
-        except RedisError as exc:
-            raise StoreUnavailable(f"Redis is unreachable ({exc})") from exc
+@router.get("/adapters", response_model=AdapterList)
+async def list_adapters(gateway: GatewayDep) -> AdapterList:
+    return AdapterList(adapters=[_out(r) for r in await gateway.adapters.all()])
 
-    @router.post("/adapters", response_model=AdapterOut, status_code=201)
-    async def load_adapter(body: LoadRequest) -> AdapterOut:
-        """Load on every replica, probe each; `state` is `ready` only if all answered."""
-        urls = list(body.base_urls or [])
-        if body.experiment is not None:
-            exp = gateway.table.experiments.get(body.experiment)
-            if exp is None:
-                raise NotFound(f"no experiment named {body.experiment!r}", param="experiment")
-            urls += list(exp.treatment.urls)
-        if not urls:
-            raise Unprocessable(
-                "give base_urls or an experiment whose replicas to use", param="base_urls"
-            )
-        try:
-            record = await adapters.load(body.name, body.path, urls, body.base_model)
-        except AdapterError as exc:
-            raise _refuse(exc) from exc
-        except RedisError as exc:
-            raise StoreUnavailable(f"Redis is unreachable ({exc})") from exc
-        return _out(record)
 
-    @router.delete("/adapters/{name}", response_model=AdapterOut)
-    async def unload_adapter(
-        name: AdapterName, drain_seconds: Annotated[float, Query(ge=0, le=3600)] = 30.0
-    ) -> AdapterOut:
-        """Stop using it (refused while an experiment routes to it), drain, unload everywhere."""
-        users = in_use(name)
-        if users:
-            raise Conflict(f"adapter {name!r} is in use by {', '.join(users)}; swap it first")
-        try:
-            return _out(await adapters.unload(name, gateway.in_flight, drain_seconds))
-        except AdapterError as exc:
-            raise _refuse(exc) from exc
-
-    @router.post("/experiments/{name}/swap", response_model=Experiment)
-    async def swap(
-        name: ExperimentName,
-        body: SwapRequest,
-        x_abgate_actor: Annotated[str, Header(max_length=200)] = "admin-api",
-    ) -> Experiment:
-        """Repoint the treatment to a new adapter that is ready on every replica, atomically
-        (versioned and audited); then drain and optionally unload the old one."""
-        exp = gateway.table.experiments.get(name)
+@router.post("/adapters", response_model=AdapterOut, status_code=201)
+async def load_adapter(body: LoadRequest, gateway: GatewayDep) -> AdapterOut:
+    """Load on every replica, probe each; `state` is `ready` only if all answered."""
+    urls = list(body.base_urls or [])
+    if body.experiment is not None:
+        exp = gateway.table.experiments.get(body.experiment)
         if exp is None:
-            raise NotFound(f"no experiment named {name!r}")
-        new = body.treatment_model
-        record = await adapters.get(new)
-        if record is None:
-            raise NotFound(f"no adapter named {new!r}; load it first", param="treatment_model")
-        urls = exp.treatment.urls
-        if not record.ready_on(urls):
-            states = {
-                u: record.replicas[u].state if u in record.replicas else "not loaded" for u in urls
-            }
-            raise Conflict(
-                f"adapter {new!r} is not ready on every replica of the treatment: {states}",
-                param="treatment_model",
-            )
-        old = exp.treatment.model
-        try:
-            records = await load_records(gateway.redis) if exp.requires_eval_report else {}
-        except RedisError as exc:
-            raise StoreUnavailable(f"Redis is unreachable ({exc})") from exc
-
-        def repoint(current: Experiment | None, _: dict[str, Experiment]) -> Experiment:
-            if current is None:
-                raise NotFound(f"no experiment named {name!r}")
-            if current.state not in ("draft", "running", "paused"):
-                raise Conflict(f"experiment {name!r} is {current.state}")
-            if current.treatment.model == new:
-                raise Conflict(f"the treatment already uses {new!r}")
-            swapped = bump(current, treatment=current.treatment.model_copy(update={"model": new}))
-            if swapped.state in ("running", "paused"):
-                check_start(swapped, records)  # the new adapter needs its own passing report
-            return swapped
-
-        doc = await apply_change(
-            gateway.store,
-            name,
-            repoint,
-            actor=x_abgate_actor,
-            action="swap",
-            reason=body.reason or f"{old} -> {new}",
+            raise NotFound(f"no experiment named {body.experiment!r}", param="experiment")
+        urls += list(exp.treatment.urls)
+    if not urls:
+        raise Unprocessable(
+            "give base_urls or an experiment whose replicas to use", param="base_urls"
         )
-        gateway.apply(doc)
-        if body.unload_old and not in_use(old):
-            task = asyncio.create_task(_retire(old, body.drain_seconds))
-            background.add(task)
-            task.add_done_callback(background.discard)
-        return doc.experiments[name]
+    try:
+        record = await gateway.adapters.load(body.name, body.path, urls, body.base_model)
+    except AdapterError as exc:
+        raise _refuse(exc) from exc
+    return _out(record)
 
-    async def _retire(model: str, drain_seconds: float) -> None:
-        try:
-            if await adapters.get(model) is not None:
-                await adapters.unload(model, gateway.in_flight, drain_seconds)
-        except (AdapterError, RedisError) as exc:
-            logger.warning("could not unload %s after the swap: %s", model, exc)
 
-    return router
+@router.delete("/adapters/{name}", response_model=AdapterOut)
+async def unload_adapter(
+    name: AdapterName,
+    gateway: GatewayDep,
+    drain_seconds: Annotated[float, Query(ge=0, le=3600)] = 30.0,
+) -> AdapterOut:
+    """Stop using it (refused while an experiment routes to it), drain, unload everywhere."""
+    users = _in_use(gateway, name)
+    if users:
+        raise Conflict(f"adapter {name!r} is in use by {', '.join(users)}; swap it first")
+    try:
+        return _out(await gateway.adapters.unload(name, gateway.in_flight, drain_seconds))
+    except AdapterError as exc:
+        raise _refuse(exc) from exc
+
+
+@router.post("/experiments/{name}/swap", response_model=Experiment)
+async def swap(
+    name: ExperimentName,
+    body: SwapRequest,
+    gateway: GatewayDep,
+    x_abgate_actor: Actor = "admin-api",
+) -> Experiment:
+    """Repoint the treatment to a new adapter that is ready on every replica, atomically
+    (versioned and audited); then drain and optionally unload the old one."""
+    exp = require_experiment(name, gateway.table.experiments.get(name))
+    new = body.treatment_model
+    await _require_ready(gateway, new, exp.treatment.urls)
+    old = exp.treatment.model
+    records = await eval_records(gateway, exp)
+
+    def repoint(current: Experiment | None, _: dict[str, Experiment]) -> Experiment:
+        now = require_experiment(name, current)
+        if now.state not in ("draft", "running", "paused"):
+            raise Conflict(f"experiment {name!r} is {now.state}")
+        if now.treatment.model == new:
+            raise Conflict(f"the treatment already uses {new!r}")
+        swapped = bump(now, treatment=now.treatment.model_copy(update={"model": new}))
+        if swapped.state in ("running", "paused"):
+            check_start(swapped, records)  # the new adapter needs its own passing report
+        return swapped
+
+    reason = body.reason or f"{old} -> {new}"
+    swapped = require_experiment(
+        name,
+        await change(gateway, name, repoint, actor=x_abgate_actor, action="swap", reason=reason),
+    )
+    if body.unload_old and not _in_use(gateway, old):
+        task = asyncio.create_task(_retire(gateway, old, body.drain_seconds))
+        _retiring.add(task)
+        task.add_done_callback(_retiring.discard)
+    return swapped
+
+
+async def _require_ready(gateway: Gateway, adapter: str, urls: tuple[str, ...]) -> None:
+    """Refuse a swap to an adapter that is unknown or not ready on every one of `urls`."""
+    record = await gateway.adapters.get(adapter)
+    if record is None:
+        raise NotFound(f"no adapter named {adapter!r}; load it first", param="treatment_model")
+    if not record.ready_on(urls):
+        states = {
+            u: record.replicas[u].state if u in record.replicas else "not loaded" for u in urls
+        }
+        raise Conflict(
+            f"adapter {adapter!r} is not ready on every replica of the treatment: {states}",
+            param="treatment_model",
+        )
+
+
+async def _retire(gateway: Gateway, model: str, drain_seconds: float) -> None:
+    try:
+        if await gateway.adapters.get(model) is not None:
+            await gateway.adapters.unload(model, gateway.in_flight, drain_seconds)
+    except (AdapterError, RedisError) as exc:
+        logger.warning("could not unload %s after the swap: %s", model, exc)

@@ -16,16 +16,22 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Query
 from pydantic import BaseModel
-from redis.exceptions import RedisError
 
 from analysis.types import BUILTIN_SIGNALS
-from router.admin.experiments import ADMIN_ERRORS, ExperimentName, admin_auth
+from router.admin.deps import (
+    ADMIN_AUTH,
+    ADMIN_ERRORS,
+    ExperimentName,
+    GatewayDep,
+    require_experiment,
+)
 from router.control.evalgate import EvalRecord, list_records, record_from_report, register_record
-from router.errors import Conflict, NotFound, StoreUnavailable, Unprocessable
-from router.runtime.gateway import Gateway
+from router.errors import Conflict, Unprocessable
 from router.signals.capture import read_captures
+
+router = APIRouter(prefix="/admin", tags=["admin"], dependencies=ADMIN_AUTH, responses=ADMIN_ERRORS)
 
 
 class CaptureList(BaseModel):
@@ -37,69 +43,52 @@ class EvalRecordList(BaseModel):
     reports: list[EvalRecord]
 
 
-def build_flywheel_router(gateway: Gateway) -> APIRouter:
-    router = APIRouter(
-        prefix="/admin",
-        tags=["admin"],
-        dependencies=[Depends(admin_auth(gateway.settings))],
-        responses=ADMIN_ERRORS,
-    )
+@router.get("/experiments/{name}/captures", response_model=CaptureList)
+async def captures(
+    name: ExperimentName,
+    gateway: GatewayDep,
+    signals: Annotated[
+        str | None,
+        Query(max_length=1000, description="Comma-separated; keep items with any of them"),
+    ] = None,
+    arm: Annotated[str | None, Query(pattern="^(control|treatment)$")] = None,
+    limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
+) -> CaptureList:
+    wanted = {s.strip() for s in signals.split(",") if s.strip()} if signals else set()
+    doc = await gateway.store.load()
+    exp = require_experiment(name, doc.experiments.get(name))
+    unknown = sorted(wanted - set(BUILTIN_SIGNALS) - set(exp.signals))
+    if unknown:
+        raise Unprocessable(
+            f"signals: {', '.join(unknown)} is not a signal of experiment {name!r}",
+            param="signals",
+        )
+    items = await read_captures(gateway.redis, name, limit)
+    if wanted:
+        items = [i for i in items if wanted & set(i["signals"])]
+    if arm:
+        items = [i for i in items if i["arm"] == arm]
+    return CaptureList(experiment=name, items=items)
 
-    @router.get("/experiments/{name}/captures", response_model=CaptureList)
-    async def captures(
-        name: ExperimentName,
-        signals: Annotated[
-            str | None,
-            Query(max_length=1000, description="Comma-separated; keep items with any of them"),
-        ] = None,
-        arm: Annotated[str | None, Query(pattern="^(control|treatment)$")] = None,
-        limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
-    ) -> CaptureList:
-        wanted = {s.strip() for s in signals.split(",") if s.strip()} if signals else set()
-        try:
-            doc = await gateway.store.load()
-            exp = doc.experiments.get(name)
-            if exp is None:
-                raise NotFound(f"no experiment named {name!r}")
-            unknown = sorted(wanted - set(BUILTIN_SIGNALS) - set(exp.signals))
-            if unknown:
-                raise Unprocessable(
-                    f"signals: {', '.join(unknown)} is not a signal of experiment {name!r}",
-                    param="signals",
-                )
-            items = await read_captures(gateway.redis, name, limit)
-        except RedisError as exc:
-            raise StoreUnavailable(f"Redis is unreachable ({exc})") from exc
-        if wanted:
-            items = [i for i in items if wanted & set(i["signals"])]
-        if arm:
-            items = [i for i in items if i["arm"] == arm]
-        return CaptureList(experiment=name, items=items)
 
-    @router.post("/eval-reports", status_code=201, response_model=EvalRecord)
-    async def register(report: dict[str, Any]) -> EvalRecord:
-        record = record_from_report(report)
-        try:
-            kept = await register_record(gateway.redis, record)
-        except RedisError as exc:
-            raise StoreUnavailable(f"Redis is unreachable ({exc})") from exc
-        if kept is not record:
-            raise Conflict(
-                f"a report on {record.candidate!r} that finished later ({kept.finished_at}) is "
-                "already registered; the newest result stands"
-            )
-        return record
+@router.post("/eval-reports", status_code=201, response_model=EvalRecord)
+async def register(report: dict[str, Any], gateway: GatewayDep) -> EvalRecord:
+    record = record_from_report(report)
+    kept = await register_record(gateway.redis, record)
+    if kept is not record:
+        raise Conflict(
+            f"a report on {record.candidate!r} that finished later ({kept.finished_at}) is "
+            "already registered; the newest result stands"
+        )
+    return record
 
-    @router.get("/eval-reports", response_model=EvalRecordList)
-    async def reports(
-        model: Annotated[str | None, Query(max_length=300)] = None,
-    ) -> EvalRecordList:
-        try:
-            records = await list_records(gateway.redis)
-        except RedisError as exc:
-            raise StoreUnavailable(f"Redis is unreachable ({exc})") from exc
-        if model is not None:
-            records = [r for r in records if r.candidate == model]
-        return EvalRecordList(reports=records)
 
-    return router
+@router.get("/eval-reports", response_model=EvalRecordList)
+async def reports(
+    gateway: GatewayDep,
+    model: Annotated[str | None, Query(max_length=300)] = None,
+) -> EvalRecordList:
+    records = await list_records(gateway.redis)
+    if model is not None:
+        records = [r for r in records if r.candidate == model]
+    return EvalRecordList(reports=records)
