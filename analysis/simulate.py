@@ -1,4 +1,4 @@
-"""The reference study model (DESIGN.md), simulated with numpy, and the tests run on it.
+"""The reference study model of docs/statistics.md, simulated with numpy, and the tests run on it.
 
 Users arrive uniformly over `days` (`users_per_day` a day), each in treatment with probability
 `actual_share`; each makes 1 + Poisson(`extra_requests`) requests, the first at arrival and the

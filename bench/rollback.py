@@ -1,13 +1,13 @@
-"""Rollback propagation: how long after `POST .../rollback` returns does any replica still
+"""Rollback propagation: how long after `POST .../rollback` returns does any gateway instance still
 assign a request to treatment?
 
-Three gateway processes share one Redis; a load generator keeps every replica busy with
-requests from users that are in treatment at 50 %. Each round creates an experiment (same salt,
-so the same users are treated), waits until every replica serves it, then rolls it back through
-one replica's admin API. The delay of a round is the send time of the last request that any
-replica answered with treatment, minus the time the admin call returned (0 when none came
-after it). Send time precedes the gateway's assignment by the loopback latency, so the figure
-is a slight underestimate of at most that latency.
+Three gateway processes share one Redis; a load generator keeps every gateway instance busy
+with requests from users that are in treatment at 50 %. Each round creates an experiment (same
+salt, so the same users are treated), waits until every gateway instance serves it, then rolls
+it back through one gateway instance's admin API. The delay of a round is the send time of the
+last request that any gateway instance answered with treatment, minus the time the admin call
+returned (0 when none came after it). Send time precedes the gateway's assignment by the
+loopback latency, so the figure is a slight underestimate of at most that latency.
 
 Run: ``python -m bench.rollback [--rounds 20]`` (``make bench`` runs it after the gateway bench).
 """
@@ -106,7 +106,7 @@ async def _rounds(gws: list[str], upstream: str, rounds: int, workers: int) -> l
     treated = [u for u in (f"user-{i}" for i in range(2000))
                if bucket(SALT.encode(), u.encode()) < 5000][:200]  # fmt: skip
     auth = {"Authorization": f"Bearer {TOKEN}"}
-    records: list[tuple[float, str, str, str]] = []  # (sent, replica, experiment, arm)
+    records: list[tuple[float, str, str, str]] = []  # (sent, gateway, experiment, arm)
     stop = asyncio.Event()
     conn = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=conn) as session:
@@ -145,7 +145,7 @@ async def _rounds(gws: list[str], upstream: str, rounds: int, workers: int) -> l
                 admin = gws[r % 3]
                 async with session.post(admin + "/admin/experiments", json=exp, headers=auth) as rp:
                     assert rp.status == 201, await rp.text()
-                # every replica serves the new experiment's treatment
+                # every gateway instance serves the new experiment's treatment
                 deadline = time.monotonic() + 5
                 while True:
                     serving = {g for _, g, e, a in records[-500:] if e == name and a == "treatment"}
@@ -173,13 +173,13 @@ async def _rounds(gws: list[str], upstream: str, rounds: int, workers: int) -> l
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--workers", type=int, default=4, help="concurrent requests per replica")
+    parser.add_argument("--workers", type=int, default=4, help="concurrent requests per gateway")
     args = parser.parse_args(argv)
     delays = asyncio.run(_run(args.rounds, args.workers))
     ms = sorted(d * 1000 for d in delays)
     p50 = statistics.median(ms)
     p99 = ms[min(len(ms) - 1, round(0.99 * (len(ms) - 1)))]
-    print(f"\nrollback propagation over {len(ms)} rollbacks, 3 gateway replicas under load")
+    print(f"\nrollback propagation over {len(ms)} rollbacks, 3 gateway instances under load")
     print(f"  p50 {p50:.2f} ms   p99 {p99:.2f} ms   max {ms[-1]:.2f} ms")
     print(f"  target p99 < 100 ms: {'met' if p99 < 100 else f'MISSED by {p99 - 100:.1f} ms'}")
     print("  per round (ms): " + json.dumps([round(x * 1000, 2) for x in delays]))

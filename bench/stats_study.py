@@ -1,7 +1,8 @@
 """The simulation study: do the live statistics keep their promises on the reference model?
 
-Reference model (DESIGN.md): 14 days, 2,000 new users a day, 10 % in treatment, 1 + Poisson(3)
-requests per user, per-user thumbs-up probability Beta(10m, 10(1 − m)), a look every hour.
+Reference model (docs/statistics.md; `analysis.simulate.StudyModel`): 14 days, 2,000 new users a
+day, 10 % in treatment, 1 + Poisson(3) requests per user, per-user thumbs-up probability
+Beta(10m, 10(1 − m)), a look every hour.
 
 1. A/A: how often does each test ever declare a difference (target ≤ 5 % at α = 5 %)?
 2. A planted drop of 70 % → 65 % at a 10 % share: power and median time to detection.

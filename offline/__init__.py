@@ -1,0 +1,1 @@
+"""Batch tools outside the gateway: the offline eval runner and atomic file output."""

@@ -92,8 +92,8 @@ class DefaultUpstream(BaseModel):
 
 
 class CircuitBreaker(BaseModel):
-    """Trips when, among the last `window` treatment requests on one replica, at least
-    `min_errors` failed and the failed share is at least `error_ratio`."""
+    """Trips when, among the last `window` treatment requests that one gateway instance sent, at
+    least `min_errors` failed and the failed share is at least `error_ratio`."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 

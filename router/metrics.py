@@ -1,8 +1,10 @@
 """The gateway's Prometheus metrics, on an injected `CollectorRegistry`.
 
 Names follow client_python conventions: `abgate_` namespace, base units, `_total` on counters.
-Labels are route, experiment, arm and status class, never a user. Label children are cached
-per label tuple so the request path does one dictionary look-up per metric.
+Labels are route, experiment, arm and status class, never a user; `replica` is a model server's
+base URL. Every series describes this gateway instance; Prometheus adds the `instance` label.
+Label children are cached per label tuple so the request path does one dictionary look-up per
+metric.
 """
 
 from __future__ import annotations
@@ -86,7 +88,8 @@ class GatewayMetrics:
         )
         self.upstream_errors = Counter(
             "abgate_upstream_errors_total",
-            "Upstream failures by reason (connect, timeout, status_5xx, status_4xx, stream).",
+            "Upstream failures by reason (connect, timeout, status_<code>, stream_*, fallback_*, "
+            "client_closed, ...).",
             [*_ARM_LABELS, "reason"],
             registry=registry,
         )
@@ -112,13 +115,13 @@ class GatewayMetrics:
         )
         self.redis_errors = Counter(
             "abgate_redis_errors_total",
-            "Failed Redis operations, by component (events, config).",
+            "Failed Redis operations, by component (events, config, feedback).",
             ["component"],
             registry=registry,
         )
         self.config_version = Gauge(
             "abgate_config_version",
-            "Version of the experiment configuration this replica applies.",
+            "Version of the experiment configuration this gateway instance applies.",
             registry=registry,
         )
         self.experiment_share = Gauge(
@@ -148,7 +151,7 @@ class GatewayMetrics:
         )
         self.breaker_trips = Counter(
             "abgate_circuit_breaker_trips_total",
-            "Times this replica's circuit breaker opened for an experiment's treatment.",
+            "Times this gateway instance's circuit breaker opened for an experiment's treatment.",
             ["experiment"],
             registry=registry,
         )
@@ -160,13 +163,13 @@ class GatewayMetrics:
         )
         self.replica_outstanding = Gauge(
             "abgate_replica_outstanding_requests",
-            "Requests this gateway has in flight to a replica.",
+            "Requests this gateway instance has in flight to a model server replica.",
             ["replica"],
             registry=registry,
         )
         self.adapter_state = Gauge(
             "abgate_adapter_state",
-            "1 for the adapter's current state on a replica (loading, ready, failed, ...).",
+            "1 for the adapter's state on a model server replica (loading, ready, failed, ...).",
             ["adapter", "replica", "state"],
             registry=registry,
         )

@@ -1,7 +1,7 @@
 """The emulator's FastAPI app: vLLM's OpenAI-compatible HTTP surface, without a GPU.
 
 `create_app` builds one emulated ``vllm serve`` process from an `EmulatorConfig`. Routes, statuses,
-error bodies and messages follow vLLM (docs: shared/reference/vllm-api.md sections 1-3):
+error bodies and messages follow vLLM (docs/vllm.md lists what the gateway relies on):
 
 - ``POST /v1/chat/completions``, ``POST /v1/completions`` (streaming or not);
 - ``GET /v1/models``, ``GET /health``, ``GET /version``, ``GET /load``, ``GET /metrics``;

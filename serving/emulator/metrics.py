@@ -1,4 +1,4 @@
-"""vLLM's Prometheus metrics that dashboards and the gateway read (vllm-api.md 2.4).
+"""vLLM's Prometheus metrics that dashboards and the gateway read (listed in docs/vllm.md).
 
 Names, types, labels and histogram buckets follow vLLM's V1 engine: every series carries
 ``model_name`` (the first served name) and ``engine="0"``, except ``vllm:lora_requests_info``,

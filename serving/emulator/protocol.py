@@ -32,8 +32,9 @@ class ParamError(ValueError):
         self.param = param
 
 
-#: Request fields vLLM accepts on chat or completion requests; anything else is "ignored" with a
-#: warning. See docs: vllm-api 1.2.
+#: Request fields vLLM accepts on chat or completion requests (OpenAI's and vLLM's own extensions,
+#: across versions); anything else vLLM ignores with a warning. Why the gateway must forward them
+#: untouched: docs/vllm.md.
 KNOWN_FIELDS: frozenset[str] = frozenset(
     (
         "messages", "prompt", "model", "frequency_penalty", "logit_bias", "logprobs",

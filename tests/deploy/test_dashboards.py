@@ -88,7 +88,7 @@ def test_variables_used_are_defined_and_ranges_use_grafana_intervals(
             assert ranges == {"$__rate_interval"}, q.where
 
 
-def test_experiment_dashboard_covers_the_issue(dashes: dict[str, dict[str, Any]]) -> None:
+def test_experiment_dashboard_covers_every_signal(dashes: dict[str, dict[str, Any]]) -> None:
     dash = dashes["experiment-overview.json"]
     assert {v["name"] for v in dash["templating"]["list"]} >= {"route", "experiment"}
     exprs = " ".join(q.expr for q in queries() if q.dashboard == "experiment-overview.json")

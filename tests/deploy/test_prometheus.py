@@ -14,7 +14,7 @@ from tests.deploy.artifacts import ALERTS, DEPLOY, alert_rules, require_tool
 pytestmark = pytest.mark.integration
 
 PROM = DEPLOY / "prometheus"
-ISSUE_ALERTS = {
+EXPECTED_ALERTS = {
     "AbgateTreatmentErrorRateAboveControl",  # treatment error rate above control
     "AbgateTreatmentLatencyRegression",  # treatment p95 latency regression
     "AbgateSampleRatioMismatch",  # SRM flagged
@@ -61,14 +61,14 @@ def test_promtool_test_fails_when_a_rule_breaks(tmp_path: Path) -> None:
 
 def test_every_alert_has_a_firing_and_a_quiet_case_and_a_runbook() -> None:
     rules = {r["alert"]: r for r in alert_rules()}
-    assert set(rules) == ISSUE_ALERTS
+    assert set(rules) == EXPECTED_ALERTS
     suite = yaml.safe_load((PROM / "tests" / "alerts_test.yml").read_text())
     firing: set[str] = set()
     quiet: set[str] = set()
     for case in suite["tests"]:
         for check in case["alert_rule_test"]:
             (firing if check["exp_alerts"] else quiet).add(check["alertname"])
-    assert firing == ISSUE_ALERTS and quiet == ISSUE_ALERTS
+    assert firing == EXPECTED_ALERTS and quiet == EXPECTED_ALERTS
     for name, rule in rules.items():
         runbook = rule["annotations"]["runbook"]
         assert re.search(r"\babgate (rollback|report|status|audit|adapters|resume|controller)\b",

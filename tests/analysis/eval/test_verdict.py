@@ -1,4 +1,5 @@
-"""Verdict rules and the gate on data shaped like the issue's table."""
+"""Verdict rules and the gate on a typical gate table: a target-task win, one acceptable
+suite, one forgetting, one safety suite."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def suite(
     )
 
 
-def issue_table() -> list[SuiteResult]:
+def gate_table() -> list[SuiteResult]:
     return [
         suite("target task", "target", 116, 6, 48, 30),  # 61 % -> 82 % on 200
         suite("general reasoning", "regression", 72, 2, 1, 25),  # 74 % -> 73 %
@@ -40,8 +41,8 @@ def issue_table() -> list[SuiteResult]:
     ]
 
 
-def test_the_issue_table_gets_its_verdicts() -> None:
-    target, general, instructions, safety = issue_table()
+def test_the_gate_table_gets_its_verdicts() -> None:
+    target, general, instructions, safety = gate_table()
     assert (target.base_rate, target.candidate_rate, target.n) == (0.61, 0.82, 200)
     assert target.delta_points == pytest.approx(21.0)
     assert target.ci_low > 10 and target.ci_high < 32
@@ -58,13 +59,13 @@ def test_the_issue_table_gets_its_verdicts() -> None:
 
 
 def test_gate_fails_on_forgetting_and_notes_watch() -> None:
-    result = gate(issue_table())
+    result = gate(gate_table())
     assert not result.passed
     assert result.reasons == [
         "instruction following: forgetting (-17.0 pts, p=7.6e-05)"
     ]  # 40 / 2**19
     assert any(note.startswith("safety refusals: watch (-2.0 pts") for note in result.notes)
-    passing = gate([s for s in issue_table() if s.name != "instruction following"])
+    passing = gate([s for s in gate_table() if s.name != "instruction following"])
     assert passing.passed and passing.reasons == []
 
 
@@ -78,7 +79,7 @@ def test_gate_fails_on_a_target_that_does_not_win_and_on_input_problems() -> Non
         not result.passed
         and "target task: target suite did not win (inconclusive" in result.reasons[0]
     )
-    ok = [issue_table()[0]]
+    ok = [gate_table()[0]]
     assert gate(ok).passed
     assert gate(ok, contamination_ok=False).reasons == [
         "contamination: eval cases appear in the training data beyond the limit"
