@@ -134,19 +134,15 @@ def _add_service_routes(api: FastAPI, gateway: Gateway) -> None:
     @api.get("/readyz")
     async def readyz() -> Response:
         """Ready once a configuration was loaded. Redis being away degrades, not un-readies:
-        the gateway keeps serving its last config and buffers events (docs/operations.md)."""
-        redis_ok = gateway.writer.redis_ok
-        body = {
-            "ready": gateway.config_loaded,
-            "config_version": gateway.table.version,
-            "redis": "ok" if redis_ok else "unreachable",
-            "event_queue_depth": gateway.writer.depth,
-        }
-        return JSONResponse(body, status_code=200 if gateway.config_loaded else 503)
+        the gateway keeps serving its last config and buffers events; replicas being out do
+        not either: requests still go to them (docs/operations.md)."""
+        body = gateway.readiness()
+        return JSONResponse(body, status_code=200 if body["ready"] else 503)
 
     @api.get("/metrics")
     async def metrics() -> Response:
         gateway.metrics.event_queue_depth.set(gateway.writer.depth)
+        gateway.health.replica_metrics()  # the replicas' state as of this scrape
         return Response(generate_latest(gateway.registry), media_type=CONTENT_TYPE_LATEST)
 
     @api.get("/v1/models")
@@ -168,6 +164,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         try:
             yield
         finally:
+            flywheel.stop_verifier()
             await gateway.close()
 
     api = FastAPI(

@@ -55,6 +55,14 @@ class Target(BaseModel):
     completion_price_per_million: float = Field(default=0.0, ge=0)
     connect_timeout: float | None = Field(default=None, gt=0)
     read_timeout: float | None = Field(default=None, gt=0)
+    health_path: str | None = Field(
+        default="/health",
+        pattern=r"^/[^\s#]*$",
+        max_length=2000,
+        description="Checked on each replica, from its base URL without a trailing /v1 "
+        "(vLLM's /health by default); 404 or 405 there falls back to GET <base_url>/models, "
+        "then to outlier detection on real traffic; null switches active checks off",
+    )
 
     _v_url = field_validator("base_url", mode="before")(
         classmethod(lambda cls, v: v if v is None else _check_base_url(v))

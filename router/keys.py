@@ -31,8 +31,7 @@ ADAPTERS = PREFIX + "adapters"  # hash: adapter name -> JSON record (without rep
 _ADAPTER_LOCK = PREFIX + "adapters:lock:"  # + name: one load or unload at a time
 _ADAPTER_STATE = PREFIX + "adapters:state:"  # + name: hash replica URL -> JSON state
 RECONCILER = PREFIX + "reconciler"  # which gateway instance reconciles adapters this round
-_INFLIGHT = PREFIX + "inflight:"  # + gateway instance id: hash model -> requests running
-INFLIGHT_PATTERN = _INFLIGHT + "*"
+INFLIGHT = PREFIX + "inflight"  # hash: gateway instance id -> expiry and requests per model
 
 # -- per request ----------------------------------------------------------------------------
 
@@ -45,10 +44,6 @@ def adapter_lock(name: str) -> str:
 
 def adapter_state(name: str) -> str:
     return _ADAPTER_STATE + name
-
-
-def inflight(gateway_id: str) -> str:
-    return _INFLIGHT + gateway_id
 
 
 def request(request_id: str) -> str:
@@ -188,12 +183,15 @@ SCHEMA: tuple[KeyDoc, ...] = (
     KeyDoc(adapter_state("<name>"), "hash", "adapter registry",
            "model-server replica URL -> JSON state (`loading`, `ready`, `failed`, `draining`, "
            "`unloaded`, with a reason)"),
-    KeyDoc(adapter_lock("<name>"), "string, TTL", "adapter registry",
-           "one load or unload of the adapter at a time, across gateway instances"),
+    KeyDoc(adapter_lock("<name>"), "string, TTL 30 s renewed while held", "adapter registry",
+           "one load or unload of the adapter at a time, across gateway instances "
+           "(compare-and-renew, compare-and-delete)"),
     KeyDoc(RECONCILER, "string, TTL = reconcile interval", "gateway instances",
            "which gateway instance reconciles adapters this round"),
-    KeyDoc(inflight("<gateway id>"), "hash, TTL = 3 health intervals", "gateway instances",
-           "model -> requests this gateway instance has running (adapter drains wait for them)"),
+    KeyDoc(INFLIGHT, "hash", "gateway instances",
+           "gateway instance id -> `<expiry ms> <JSON {model: requests running}>`, written "
+           "every health interval while it runs requests; adapter drains wait for the sum. An "
+           "entry past its expiry (3 health intervals, by Redis's clock) is ignored and removed"),
 )  # fmt: skip
 
 

@@ -25,7 +25,7 @@ _ARMS = ("control", "treatment")
 # Label values exported at 0 from the start, so that dashboards and alerts see a series (and
 # rate() sees the first increment) before anything happened.
 DROP_REASONS = ("buffer_full", "shutdown", "error")
-REDIS_COMPONENTS = ("events", "config", "feedback")
+REDIS_COMPONENTS = ("events", "config", "feedback", "health")
 ERROR_COMPONENTS = ("proxy", "health", "config_watch", "event_writer")
 
 
@@ -115,7 +115,7 @@ class GatewayMetrics:
         )
         self.redis_errors = Counter(
             "abgate_redis_errors_total",
-            "Failed Redis operations, by component (events, config, feedback).",
+            "Failed Redis operations, by component (events, config, feedback, health).",
             ["component"],
             registry=registry,
         )
@@ -159,6 +159,25 @@ class GatewayMetrics:
             "abgate_replica_healthy",
             "1 while a model server replica passes its health checks and is not ejected.",
             ["replica"],
+            registry=registry,
+        )
+        self.replica_state = Gauge(
+            "abgate_replica_state",
+            "1 for a model server replica's state: healthy, unhealthy (it fails its health "
+            "check) or ejected (outlier ejection after failed requests).",
+            ["replica", "state"],
+            registry=registry,
+        )
+        self.replica_panic_requests = Counter(
+            "abgate_replica_panic_requests_total",
+            "Requests sent to a model server replica that was out because no replica of the "
+            "target serving the model was in (panic mode).",
+            ["replica"],
+            registry=registry,
+        )
+        self.redis_up = Gauge(
+            "abgate_redis_up",
+            "1 while this gateway instance's background services reach Redis, 0 during an outage.",
             registry=registry,
         )
         self.replica_outstanding = Gauge(

@@ -1,7 +1,8 @@
 """Keeps this gateway instance's routing table equal to the configuration stored in Redis.
 
 Writers publish the new version on a pub/sub channel after each change; the follower also polls
-the version, so a missed message heals within `config_poll_seconds`. The request path reads
+the version, so a missed message heals within `config_poll_seconds`. Its Redis failures go to
+the runtime's `RedisState`, which logs an outage once, not on every poll. The request path reads
 `table`, which is replaced by one reference assignment: a request sees the old table or the new
 one, never a mix.
 """
@@ -22,6 +23,7 @@ from router.errors import ConfigError
 from router.experiments import ConfigFile
 from router.keys import CONFIG_CHANNEL
 from router.metrics import ExperimentInfo, GatewayMetrics
+from router.runtime.redis_state import RedisState
 from router.settings import Settings
 from router.signals.readmodel import unit_counts
 from serving.pool import ReplicaPool
@@ -41,6 +43,7 @@ class ConfigFollower:
         replicas: ReplicaPool,
         breakers: Breakers,
         metrics: GatewayMetrics,
+        redis_state: RedisState | None = None,
     ) -> None:
         self.settings = settings
         self.file_config = file_config
@@ -49,6 +52,7 @@ class ConfigFollower:
         self.replicas = replicas
         self.breakers = breakers
         self.metrics = metrics
+        self.redis_state = redis_state or RedisState(metrics)
         self.table = RoutingTable(version=0, default_upstream=file_config.default_upstream)
         self.loaded = False  # a document (stored, or the file's while Redis is down) is applied
 
@@ -57,12 +61,14 @@ class ConfigFollower:
         Redis unreachable, serve the config file's experiments until it comes back."""
         try:
             doc = await self.store.seed(self.file_config.experiments, actor="config-file")
-            self.apply(doc)
         except RedisError as exc:
             self.metrics.redis_errors.labels("config").inc()
-            logger.warning("Redis unreachable at start (%s); serving the config file", exc)
+            self.redis_state.down("config", exc)  # known from the start, and logged once
             if self.file_config.experiments:
                 self.apply(ConfigDoc(0, {e.name: e for e in self.file_config.experiments}))
+            return
+        self.redis_state.up("config")
+        self.apply(doc)
 
     def apply(self, doc: ConfigDoc) -> None:
         """Compile `doc` and swap it in with one reference assignment."""
@@ -74,10 +80,10 @@ class ConfigFollower:
             self.settings.feedback_window_seconds,
         )
         for exp in table.routes.values():  # create the pooled clients now, not per request
-            self.replicas.set_for(exp.control.urls)
-            self.replicas.set_for(exp.treatment.urls)
+            for arm in (exp.control, exp.treatment):
+                self.replicas.configure(arm.urls, arm.target.health_path)
         if table.default_upstream is not None:
-            self.replicas.set_for((table.default_upstream.base_url,))
+            self.replicas.configure((table.default_upstream.base_url,))
         self.table = table
         self.breakers.forget({(e.name, e.version) for e in table.routes.values()})
         self.loaded = True
@@ -121,13 +127,15 @@ class ConfigFollower:
             try:
                 await pubsub.subscribe(CONFIG_CHANNEL)
                 await self.refresh()
+                self.redis_state.up("config")
                 while True:
                     await pubsub.get_message(ignore_subscribe_messages=True, timeout=poll)
                     await self.refresh()
                     await self.update_unit_gauges()
+                    self.redis_state.up("config")
             except RedisError as exc:
                 self.metrics.redis_errors.labels("config").inc()
-                logger.debug("config watch: %s", exc)
+                self.redis_state.down("config", exc)  # logged once per outage, not per poll
                 await asyncio.sleep(poll)
             except ConfigError:
                 logger.exception("stored config is invalid; keeping version %d", self.table.version)

@@ -3,7 +3,8 @@
 `Gateway` holds what the request path reads (`table`, `pool`, `replicas`, `writer`, `metrics`,
 `breakers`) and owns the services that run beside it: the config follower (the routing table),
 the health service (replica checks, in-flight counts, adapter reconciliation), the model
-catalogue and the circuit breakers' rollbacks.
+catalogue and the circuit breakers' rollbacks. The services report their Redis calls to one
+`RedisState`, which `/readyz` reads.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from router.runtime.catalogue import Catalogue
 from router.runtime.config_file import load_config_file
 from router.runtime.config_follower import ConfigFollower
 from router.runtime.health import HealthService
+from router.runtime.redis_state import RedisState
 from router.runtime.rollback import BreakerRollback
 from router.settings import Settings
 from router.signals.capture import CaptureWriter, RawCapture
@@ -66,6 +68,8 @@ class Gateway:
                 connect=settings.upstream_connect_timeout, read=settings.upstream_read_timeout
             ),
             max_connections=settings.upstream_max_connections,
+            pool_timeout=settings.upstream_pool_timeout,
+            max_body_bytes=settings.upstream_max_response_bytes,
         )
         self.replicas = ReplicaPool(
             self.pool,
@@ -74,6 +78,7 @@ class Gateway:
                 base_ejection_seconds=settings.outlier_ejection_seconds,
             ),
         )
+        self.redis_state = RedisState(self.metrics)
         self.writer = EventWriter(
             self.redis,
             self.metrics,
@@ -82,6 +87,7 @@ class Gateway:
             stream_maxlen=settings.event_stream_maxlen,
             minute_retention_seconds=settings.minute_retention_seconds,
             linger_seconds=settings.event_linger_seconds,
+            on_redis=self.redis_state.report("events"),
         )
         self.adapters = AdapterManager(self.redis, self.replicas)
         self.capture = CaptureWriter(self.redis, self.registry)
@@ -91,11 +97,11 @@ class Gateway:
         self.inflight: set[str] = set()  # request ids whose event is not submitted yet
         self.config = ConfigFollower(
             settings, self.file_config, self.store, self.redis, self.replicas, self.breakers,
-            self.metrics,
+            self.metrics, self.redis_state,
         )  # fmt: skip
         self.health = HealthService(
             settings, self.redis, self.replicas, self.adapters, self.metrics, self.identity,
-            self.model_inflight,
+            self.model_inflight, self.redis_state,
         )  # fmt: skip
         self.catalogue = Catalogue(
             lambda: self.config.table,
@@ -139,6 +145,7 @@ class Gateway:
                 await loop_task
         await self.writer.close(self.settings.shutdown_flush_seconds)
         await self.capture.close(self.settings.shutdown_flush_seconds)
+        await self.replicas.close()
         await self.pool.close()
         await self.redis.aclose()
         logger.info("gateway stopped")
@@ -163,6 +170,17 @@ class Gateway:
 
     async def on_health_tick(self) -> None:
         await self.health.tick()
+
+    def readiness(self) -> dict[str, Any]:
+        """What `/readyz` reports: the configuration, Redis's state as the background services
+        last found it, the event queue, and each model-server replica's health."""
+        return {
+            "ready": self.config_loaded,
+            "config_version": self.table.version,
+            "redis": "ok" if self.redis_state.ok else "unreachable",
+            "event_queue_depth": self.writer.depth,
+            "replicas": self.replicas.states(),
+        }
 
     def trip(self, name: str, reason: str) -> None:
         """A circuit breaker opened: this gateway instance already serves control; roll the

@@ -1,10 +1,16 @@
 """The health loop: replica health checks, replica and adapter metrics, the in-flight counts
 that adapter drains wait on, and adapter reconciliation.
 
-Every gateway instance publishes how many requests it is running per upstream model under its
-own key (router/keys.py), with a TTL of a few health intervals, so a stopped instance's counts
-expire. Reconciliation (reloading an adapter that a restarted replica lost) runs on one gateway
-instance at a time: whichever takes the reconciler lock for the round.
+Every gateway instance publishes how many requests it is running per upstream model as its
+field of one registry hash (router/keys.py), stamped with an expiry a few health intervals
+ahead by Redis's own clock, so a stopped instance's counts stop counting without any clock of
+the gateway instances being compared. A drain reads that one hash (`in_flight`, ten times a
+second while it waits): the cost does not grow with the keyspace, which holds a key per
+recorded request. Reconciliation (reloading an adapter that a restarted replica lost) runs on
+one gateway instance at a time: whichever takes the reconciler lock for the round.
+
+A Redis outage is reported to the runtime's `RedisState` (one log line when it starts, one
+when it ends), not logged on every tick.
 """
 
 from __future__ import annotations
@@ -13,17 +19,55 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from router import keys
 from router.control.adapters import AdapterManager
 from router.metrics import GatewayMetrics
+from router.runtime.redis_state import RedisState
 from router.settings import Settings
-from serving.pool import ReplicaPool
+from serving.pool import STATES, ReplicaPool
 
 logger = logging.getLogger(__name__)
+
+# KEYS[1] the registry hash; ARGV: this instance's id, its entry's lifetime in ms, its counts
+# as JSON ("" when it runs nothing: the entry is removed).
+_PUBLISH = """
+if ARGV[3] == '' then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  return 0
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSET', KEYS[1], ARGV[1], (now + tonumber(ARGV[2])) .. ' ' .. ARGV[3])
+return 1
+"""
+
+# KEYS[1] the registry hash; ARGV: the reading instance's id, the model. The sum of the other
+# instances' live counts for the model; expired entries are removed on the way.
+_SUM = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local entries = redis.call('HGETALL', KEYS[1])
+local total = 0
+for i = 1, #entries, 2 do
+  local id, value = entries[i], entries[i + 1]
+  local space = string.find(value, ' ', 1, true)
+  local expiry = space and tonumber(string.sub(value, 1, space - 1)) or 0
+  if expiry < now then
+    redis.call('HDEL', KEYS[1], id)
+  elseif id ~= ARGV[1] then
+    local ok, counts = pcall(cjson.decode, string.sub(value, space + 1))
+    if ok and type(counts) == 'table' then
+      total = total + (tonumber(counts[ARGV[2]]) or 0)
+    end
+  end
+end
+return total
+"""
 
 
 class HealthService:
@@ -38,6 +82,7 @@ class HealthService:
         metrics: GatewayMetrics,
         identity: str,
         model_inflight: Counter[str],
+        redis_state: RedisState | None = None,
     ) -> None:
         self.settings = settings
         self.redis = redis
@@ -46,7 +91,11 @@ class HealthService:
         self.metrics = metrics
         self.identity = identity
         self.model_inflight = model_inflight  # the request path counts here, by upstream model
+        self.redis_state = redis_state or RedisState(metrics)
         self._last_reconcile = 0.0
+        self._panics_seen: dict[str, int] = {}
+        self._publish = redis.register_script(_PUBLISH)
+        self._sum = redis.register_script(_SUM)
 
     async def run(self) -> None:
         """Check every replica, then `tick`, each health interval until cancelled."""
@@ -57,15 +106,20 @@ class HealthService:
                 await self.tick()
             except asyncio.CancelledError:
                 raise
+            except RedisError as exc:
+                self.metrics.redis_errors.labels("health").inc()
+                self.redis_state.down("health", exc)
             except Exception:
                 logger.exception("health loop failed")
                 self.metrics.errors.labels("health").inc()
+            else:
+                self.redis_state.up("health")
             await asyncio.sleep(interval)
 
     async def tick(self) -> None:
         """Publish the replica metrics and this gateway instance's in-flight counts per model
         and, once per reconcile interval, reconcile adapters if this instance takes the lock."""
-        self._replica_metrics()
+        self.replica_metrics()
         await self._publish_inflight()
         interval = self.settings.reconcile_interval_seconds
         now = time.monotonic()
@@ -74,21 +128,27 @@ class HealthService:
         self._last_reconcile = now
         await self._reconcile(interval)
 
-    def _replica_metrics(self) -> None:
+    def replica_metrics(self) -> None:
+        """Each replica's state, outstanding requests and panic-mode requests, as metrics."""
         now = time.monotonic()
         for replica in self.replicas.replicas:
-            self.metrics.replica_healthy.labels(replica.url).set(1 if replica.available(now) else 0)
-            self.metrics.replica_outstanding.labels(replica.url).set(replica.outstanding)
+            url = replica.url
+            state = replica.state(now)
+            self.metrics.replica_healthy.labels(url).set(1 if state == "healthy" else 0)
+            for name in STATES:
+                self.metrics.replica_state.labels(url, name).set(1 if name == state else 0)
+            self.metrics.replica_outstanding.labels(url).set(replica.outstanding)
+            panics = self.metrics.replica_panic_requests.labels(url)
+            new = replica.panic_requests - self._panics_seen.get(url, 0)
+            if new > 0:
+                panics.inc(new)
+            self._panics_seen[url] = replica.panic_requests
 
     async def _publish_inflight(self) -> None:
-        key = keys.inflight(self.identity)
-        counts: dict[Any, Any] = {m: n for m, n in self.model_inflight.items() if n > 0}
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(key)
-            if counts:
-                pipe.hset(key, mapping=counts)
-                pipe.expire(key, max(3, int(self.settings.health_interval_seconds * 3)))
-            await pipe.execute()
+        counts = {m: n for m, n in self.model_inflight.items() if n > 0}
+        lifetime_ms = int(max(3.0, self.settings.health_interval_seconds * 3) * 1000)
+        payload = orjson.dumps(counts) if counts else b""
+        await self._publish(keys=[keys.INFLIGHT], args=[self.identity, lifetime_ms, payload])
 
     async def _reconcile(self, interval: float) -> None:
         if await self.redis.set(keys.RECONCILER, self.identity, nx=True,
@@ -102,11 +162,6 @@ class HealthService:
 
     async def in_flight(self, model: str) -> int:
         """Requests using `model` right now: here, and on other gateway instances as they last
-        published."""
-        others = 0
-        own = keys.inflight(self.identity)
-        async for key in self.redis.scan_iter(match=keys.INFLIGHT_PATTERN, count=100):
-            if key in (own, own.encode()):
-                continue
-            others += int(await self.redis.hget(key, model) or 0)
-        return self.model_inflight[model] + others
+        published (one script over one hash, whatever the size of the keyspace)."""
+        others = await self._sum(keys=[keys.INFLIGHT], args=[self.identity, model])
+        return self.model_inflight[model] + int(others)

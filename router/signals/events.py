@@ -17,7 +17,9 @@ The keys are named in router/keys.py; those of one experiment share its hash tag
 
 While Redis is unreachable the writer keeps the events and retries with backoff; the buffer is
 bounded by ``ABGATE_EVENT_BUFFER``, and only events beyond it are dropped and counted in
-``abgate_events_dropped_total``. Shutdown flushes what is buffered, within a time limit.
+``abgate_events_dropped_total``. Shutdown flushes what is buffered, within a time limit. The
+writer reports when writes start failing and when they recover (once each, not per retry) to
+the `on_redis` callback the gateway process gives it, which logs the outage once.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import orjson
@@ -99,6 +102,7 @@ class EventWriter:
         stream_maxlen: int,
         minute_retention_seconds: int,
         linger_seconds: float = 0.005,
+        on_redis: Callable[[BaseException | None], None] | None = None,
     ) -> None:
         self._redis = redis
         self._metrics = metrics
@@ -113,6 +117,7 @@ class EventWriter:
         self._closing = False
         self._script = redis.register_script(RECORD_EVENTS)
         self._redis_ok = True
+        self._on_redis = on_redis  # told when writes start failing (the error) and recover
         self._linger = linger_seconds
 
     @property
@@ -174,7 +179,7 @@ class EventWriter:
             except RedisError as exc:
                 self._metrics.redis_errors.labels("events").inc()
                 if self._redis_ok:
-                    logger.warning("event writes failing, buffering: %s", exc)
+                    self._redis_changed(exc)
                 self._redis_ok = False
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 1.0)
@@ -186,7 +191,7 @@ class EventWriter:
             else:
                 self._metrics.events_written.inc(n)
                 if not self._redis_ok:
-                    logger.info("event writes recovered; %d events buffered", len(self._buffer))
+                    self._redis_changed(None)
                 self._redis_ok = True
                 backoff = 0.05
             for _ in range(n):
@@ -194,3 +199,12 @@ class EventWriter:
             self._metrics.event_queue_depth.set(len(self._buffer))
             self.flushed.set()
             self.flushed.clear()
+
+    def _redis_changed(self, exc: BaseException | None) -> None:
+        """Writes started failing (`exc`) or recovered (None): one report per change."""
+        if self._on_redis is not None:
+            self._on_redis(exc)
+        elif exc is not None:
+            logger.warning("event writes failing, buffering: %s", exc)
+        else:
+            logger.info("event writes recovered; %d events buffered", len(self._buffer))

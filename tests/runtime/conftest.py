@@ -38,7 +38,9 @@ async def dead_redis() -> AsyncIterator[aioredis.Redis]:
 @pytest.fixture
 async def replicas() -> AsyncIterator[ReplicaPool]:
     pool = UpstreamPool(timeouts=Timeouts(connect=0.5, read=0.5), max_connections=4)
-    yield ReplicaPool(pool)
+    replicas = ReplicaPool(pool)
+    yield replicas
+    await replicas.close()  # the health checks' client
     await pool.close()
 
 

@@ -1,8 +1,10 @@
-"""HealthService: in-flight counts published with a TTL, summed across gateway instances; one
-reconciler per round; replica and adapter metrics."""
+"""HealthService: in-flight counts published with an expiry in one hash, summed across gateway
+instances without scanning the keyspace; one reconciler per round; replica and adapter
+metrics."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import pytest
@@ -31,20 +33,35 @@ def _service(
     return HealthService(settings, aredis, replicas, adapters, metrics, identity, Counter())
 
 
-async def test_tick_publishes_in_flight_counts_with_a_ttl(
+def _entry(rds: redis.Redis, identity: str) -> tuple[int, dict[str, int]]:
+    """A gateway instance's registry entry: its expiry (ms, Redis's clock) and its counts."""
+    raw = rds.hget(keys.INFLIGHT, identity)
+    assert isinstance(raw, str), raw
+    expiry, counts = raw.split(" ", 1)
+    return int(expiry), json.loads(counts)
+
+
+def _redis_ms(rds: redis.Redis) -> int:
+    seconds, micros = rds.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+async def test_tick_publishes_in_flight_counts_with_an_expiry(
     settings: Settings, aredis: aioredis.Redis, replicas: ReplicaPool, metrics: GatewayMetrics,
     rds: redis.Redis,
 ) -> None:  # fmt: skip
     health = _service(settings, aredis, replicas, metrics)
     health.model_inflight.update({"lora-a": 2, "base": 0})
     await health.tick()
-    key = keys.inflight("gw-a")
-    assert rds.hgetall(key) == {"lora-a": "2"}  # models with nothing running are left out
-    assert 0 < rds.ttl(key) <= max(3, int(settings.health_interval_seconds * 3))
+    expiry, counts = _entry(rds, "gw-a")
+    assert counts == {"lora-a": 2}  # models with nothing running are left out
+    lifetime = max(3.0, settings.health_interval_seconds * 3) * 1000
+    assert 0 < expiry - _redis_ms(rds) <= lifetime
+    assert rds.ttl(keys.INFLIGHT) == -1  # one shared hash: entries expire, not the key
 
     health.model_inflight["lora-a"] = 0
     await health.tick()
-    assert not rds.exists(key)
+    assert not rds.hexists(keys.INFLIGHT, "gw-a")
 
 
 async def test_in_flight_adds_other_instances_but_not_its_own_published_count(
@@ -55,11 +72,51 @@ async def test_in_flight_adds_other_instances_but_not_its_own_published_count(
     health.model_inflight["lora-a"] = 2
     await health.tick()
     health.model_inflight["lora-a"] = 1  # one finished since the tick: the local count wins
-    rds.hset(keys.inflight("gw-b"), mapping={"lora-a": 3, "base": 7})
-    rds.hset(keys.inflight("gw-c"), mapping={"base": 1})
+    b = _service(settings, aredis, replicas, metrics, "gw-b")
+    b.model_inflight.update({"lora-a": 3, "base": 7})
+    c = _service(settings, aredis, replicas, metrics, "gw-c")
+    c.model_inflight.update({"base": 1})
+    await b.tick()
+    await c.tick()
     assert await health.in_flight("lora-a") == 1 + 3
     assert await health.in_flight("base") == 0 + 7 + 1
     assert await health.in_flight("unknown") == 0
+
+
+async def test_a_stopped_instance_stops_counting_when_its_entry_expires(
+    settings: Settings, aredis: aioredis.Redis, replicas: ReplicaPool, metrics: GatewayMetrics,
+    rds: redis.Redis,
+) -> None:  # fmt: skip
+    health = _service(settings, aredis, replicas, metrics)
+    now = _redis_ms(rds)
+    rds.hset(keys.INFLIGHT, "gw-gone", f"{now - 1} " + json.dumps({"lora-a": 5}))
+    rds.hset(keys.INFLIGHT, "gw-live", f"{now + 60_000} " + json.dumps({"lora-a": 2}))
+    rds.hset(keys.INFLIGHT, "gw-odd", "not an entry")
+    assert await health.in_flight("lora-a") == 2
+    assert set(rds.hkeys(keys.INFLIGHT)) == {"gw-live"}  # the dead entries were removed
+
+
+async def test_in_flight_does_not_scan_the_keyspace(
+    settings: Settings, aredis: aioredis.Redis, replicas: ReplicaPool, metrics: GatewayMetrics,
+    rds: redis.Redis,
+) -> None:  # fmt: skip
+    """A drain asks ten times a second; the keyspace holds a key per recorded request."""
+    with rds.pipeline(transaction=False) as pipe:
+        for i in range(5000):
+            pipe.set(keys.request(f"req_{i:032x}"), "c|exp|unit", ex=600)
+        pipe.execute()
+    others = _service(settings, aredis, replicas, metrics, "gw-b")
+    others.model_inflight["lora-a"] = 4
+    await others.tick()
+    health = _service(settings, aredis, replicas, metrics)
+    await health.in_flight("lora-a")  # the script is loaded once, outside the measurement
+    rds.config_resetstat()
+    for _ in range(10):
+        assert await health.in_flight("lora-a") == 4
+    stats = rds.info("commandstats")
+    assert "cmdstat_scan" not in stats, stats["cmdstat_scan"]
+    calls = sum(int(v["calls"]) for k, v in stats.items() if k != "cmdstat_config")
+    assert calls <= 10 * 3, stats  # a few commands per call, whatever the keyspace holds
 
 
 async def test_one_instance_reconciles_per_round(
@@ -105,3 +162,29 @@ async def test_tick_exports_replica_and_adapter_metrics(
     replica.healthy = False
     await health.tick()
     assert registry.get_sample_value("abgate_replica_healthy", {"replica": URL}) == 0
+
+
+async def test_replica_states_and_panic_requests_are_exported(
+    settings: Settings, aredis: aioredis.Redis, replicas: ReplicaPool, metrics: GatewayMetrics,
+    registry: CollectorRegistry,
+) -> None:  # fmt: skip
+    replica = replicas.configure((URL,)).replicas[0]
+    health = _service(settings, aredis, replicas, metrics)
+
+    def sample(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, {"replica": URL, **labels})
+
+    health.replica_metrics()
+    assert sample("abgate_replica_state", state="healthy") == 1
+    assert sample("abgate_replica_state", state="unhealthy") == 0
+    assert sample("abgate_replica_state", state="ejected") == 0
+    assert sample("abgate_replica_panic_requests_total") == 0
+
+    replica.healthy = False
+    replica.panic_requests = 3
+    health.replica_metrics()
+    health.replica_metrics()  # counted once, not per export
+    assert sample("abgate_replica_state", state="unhealthy") == 1
+    assert sample("abgate_replica_state", state="healthy") == 0
+    assert sample("abgate_replica_healthy") == 0
+    assert sample("abgate_replica_panic_requests_total") == 3
