@@ -7,7 +7,9 @@ Hierarchy::
     ├── PayloadTooLarge            413: body over `ABGATE_MAX_BODY_BYTES`
     ├── UnsupportedMediaType       415: the body is not `application/json`
     ├── ModelNotFound              404: no route alias or default upstream for `model`
-    ├── UpstreamUnavailable        502/504: the model server could not be reached in time
+    ├── UpstreamUnavailable        502/503/504: no usable answer from the model server (502: none,
+    │                              or one refused; 503: every pooled connection stayed busy;
+    │                              504: timed out)
     ├── Unauthorized               401: admin API without the right bearer token
     ├── NotFound                   404: no such experiment (admin API)
     ├── Unprocessable              422: a change would make the experiment invalid

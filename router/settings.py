@@ -47,7 +47,27 @@ class Settings(BaseSettings):
 
     upstream_connect_timeout: float = Field(default=5.0, gt=0)
     upstream_read_timeout: float = Field(default=600.0, gt=0)
-    upstream_max_connections: int = Field(default=1000, gt=0)
+    upstream_max_connections: int = Field(
+        default=1000, gt=0, description="Connections per model-server replica, at most"
+    )
+    upstream_pool_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds a request waits for a free connection when a replica's "
+        "upstream_max_connections are all busy; then 503 upstream_pool_exhausted",
+    )
+    upstream_max_response_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        gt=0,
+        description="The largest non-streamed response body read from a model server; "
+        "a larger one is answered 502 upstream_response_too_large",
+    )
+    client_write_timeout: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds one write of a stream to its client may wait (a client that "
+        "stopped reading); then the gateway closes that connection",
+    )
     health_interval_seconds: float = Field(default=2.0, gt=0)
     outlier_max_failures: int = Field(default=3, ge=1)
     outlier_ejection_seconds: float = Field(default=5.0, gt=0)
@@ -57,8 +77,15 @@ class Settings(BaseSettings):
     controller_lock_ttl_seconds: float = Field(default=10.0, gt=0)
     controller_metrics_port: int = Field(default=0, ge=0, le=65535)
 
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="In any case: uvicorn and gunicorn spell levels lower case"
+    )
     log_format: Literal["json", "text"] = "json"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.strip().upper() if isinstance(value, str) else value
 
     @field_validator("unit_id_headers")
     @classmethod

@@ -1,23 +1,28 @@
 """Pooled HTTP clients for model servers.
 
-One `aiohttp.ClientSession` per upstream base URL, opened in the gateway's lifespan and closed
-at shutdown. aiohttp is the request path's client because it was measured to add far less CPU
-per request than httpx's pool under concurrency (docs/performance.md); httpx stays the client
-for admin and control traffic.
+One `Upstream` per replica base URL, opened in the gateway's lifespan and closed at shutdown.
+Completions to an `http://` replica go through the lean HTTP/1.1 client (serving/h1.py), which
+was measured to cost far less CPU per request than aiohttp's (docs/performance.md); `https://`
+replicas and the small admin calls (LoRA loads, probes, model lists) use one aiohttp session.
+
+Both paths bound the same things: the wait for a free connection when `max_connections` are
+busy (`pool_timeout`; aiohttp counts it in its connect timeout and reports a timeout), and the
+body that `read` collects (`max_body_bytes`, then `UpstreamTooLarge`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from types import TracebackType
+from typing import Any
 
 import aiohttp
 import orjson
 
-from serving.errors import UpstreamConnectError, UpstreamError, UpstreamTimeout
-from serving.h1 import H1Pool, H1Response
+from serving.errors import UpstreamConnectError, UpstreamError, UpstreamTimeout, UpstreamTooLarge
+from serving.h1 import MAX_BODY_BYTES, POOL_TIMEOUT, H1Pool, H1Response
 from serving.types import ErrorInfo, Timeouts
 
 logger = logging.getLogger(__name__)
@@ -28,9 +33,10 @@ _RETRYABLE = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
 class UpstreamResponse:
     """A response whose body has not been read yet. Use as an async context manager."""
 
-    def __init__(self, resp: aiohttp.ClientResponse, base_url: str) -> None:
+    def __init__(self, resp: aiohttp.ClientResponse, base_url: str, limit: int) -> None:
         self._resp = resp
         self._base_url = base_url
+        self._limit = limit
         self.status = resp.status
         self.headers: Sequence[tuple[bytes, bytes]] = resp.raw_headers
         self.on_close: Callable[[], None] | None = None
@@ -43,8 +49,19 @@ class UpstreamResponse:
         self._resp.release()
 
     async def read(self) -> bytes:
+        """The whole body; `UpstreamTooLarge` past the limit."""
+        limit = self._limit
+        length = self._resp.content_length
+        if length is not None and length > limit:
+            raise self._too_large()
+        parts: list[bytes] = []
+        size = 0
         try:
-            return await self._resp.read()
+            async for data in self._resp.content.iter_any():
+                size += len(data)
+                if size > limit:
+                    raise self._too_large()
+                parts.append(data)
         except TimeoutError as exc:
             raise UpstreamTimeout("upstream read timed out", base_url=self._base_url) from exc
         except aiohttp.ClientError as exc:
@@ -52,6 +69,14 @@ class UpstreamResponse:
                 f"upstream closed the connection: {exc.__class__.__name__}",
                 base_url=self._base_url,
             ) from exc
+        return b"".join(parts)
+
+    def _too_large(self) -> UpstreamTooLarge:
+        return UpstreamTooLarge(
+            f"the response body exceeds {self._limit} bytes",
+            base_url=self._base_url,
+            limit=self._limit,
+        )
 
     async def iter_chunks(self) -> AsyncIterator[bytes]:
         """Bytes as they arrive from the socket."""
@@ -97,23 +122,38 @@ class LeanResponse(UpstreamResponse):
     def _release(self) -> None:
         self._h1.release()
 
-    async def read(self) -> bytes:
-        return await self._h1.read()
+    def read(self) -> Coroutine[Any, Any, bytes]:
+        return self._h1.read()  # the lean client's own coroutine: no wrapper per request
 
-    async def iter_chunks(self) -> AsyncIterator[bytes]:
-        async for chunk in self._h1.iter_chunks():
-            yield chunk
+    def iter_chunks(self) -> AsyncIterator[bytes]:
+        return self._h1.iter_chunks()  # and no wrapper per chunk
 
 
 class Upstream:
     """A pooled client for one base URL (for example ``http://vllm:8000/v1``)."""
 
-    def __init__(self, base_url: str, *, timeouts: Timeouts, max_connections: int) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeouts: Timeouts,
+        max_connections: int,
+        pool_timeout: float = POOL_TIMEOUT,
+        max_body_bytes: int = MAX_BODY_BYTES,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeouts = timeouts
+        self.pool_timeout = pool_timeout
+        self.max_body_bytes = max_body_bytes
         # the request path's client: the lean HTTP/1.1 client for http, aiohttp for https
         self._h1 = (
-            H1Pool(self.base_url, max_idle=max_connections, max_connections=max_connections)
+            H1Pool(
+                self.base_url,
+                max_idle=max_connections,
+                max_connections=max_connections,
+                pool_timeout=pool_timeout,
+                max_body_bytes=max_body_bytes,
+            )
             if self.base_url.startswith("http://")
             else None
         )
@@ -123,9 +163,16 @@ class Upstream:
             ),
             auto_decompress=False,
             skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
-            timeout=aiohttp.ClientTimeout(
-                total=None, sock_connect=timeouts.connect, sock_read=timeouts.read
-            ),
+            timeout=self._client_timeout(timeouts),
+        )
+
+    def _client_timeout(self, timeouts: Timeouts) -> aiohttp.ClientTimeout:
+        """aiohttp's `connect` covers the wait for a pooled connection and the connect itself."""
+        return aiohttp.ClientTimeout(
+            total=None,
+            connect=self.pool_timeout + timeouts.connect,
+            sock_connect=timeouts.connect,
+            sock_read=timeouts.read,
         )
 
     async def post(
@@ -151,9 +198,7 @@ class Upstream:
         url = self.base_url + path
         timeout = None
         if timeouts is not None and timeouts != self.timeouts:
-            timeout = aiohttp.ClientTimeout(
-                total=None, sock_connect=timeouts.connect, sock_read=timeouts.read
-            )
+            timeout = self._client_timeout(timeouts)
         for attempt in (0, 1):
             try:
                 if timeout is None:
@@ -162,7 +207,7 @@ class Upstream:
                     resp = await self._session.post(
                         url, data=body, headers=headers, timeout=timeout
                     )
-                return UpstreamResponse(resp, self.base_url)
+                return UpstreamResponse(resp, self.base_url, self.max_body_bytes)
             except _RETRYABLE as exc:
                 if attempt == 0 and not isinstance(exc, aiohttp.ClientConnectorError):
                     logger.debug("retrying %s after a stale pooled connection", url)
@@ -247,9 +292,18 @@ def _server_root(base_url: str) -> str:
 class UpstreamPool:
     """The gateway's upstream clients, one per base URL, created when a config names them."""
 
-    def __init__(self, *, timeouts: Timeouts, max_connections: int) -> None:
+    def __init__(
+        self,
+        *,
+        timeouts: Timeouts,
+        max_connections: int,
+        pool_timeout: float = POOL_TIMEOUT,
+        max_body_bytes: int = MAX_BODY_BYTES,
+    ) -> None:
         self._timeouts = timeouts
         self._max_connections = max_connections
+        self._pool_timeout = pool_timeout
+        self._max_body_bytes = max_body_bytes
         self._clients: dict[str, Upstream] = {}
 
     def get(self, base_url: str) -> Upstream:
@@ -257,7 +311,13 @@ class UpstreamPool:
         key = base_url.rstrip("/")
         client = self._clients.get(key)
         if client is None:
-            client = Upstream(key, timeouts=self._timeouts, max_connections=self._max_connections)
+            client = Upstream(
+                key,
+                timeouts=self._timeouts,
+                max_connections=self._max_connections,
+                pool_timeout=self._pool_timeout,
+                max_body_bytes=self._max_body_bytes,
+            )
             self._clients[key] = client
         return client
 

@@ -1,8 +1,11 @@
 """Sending a planned request to its arm's replicas and relaying the answer.
 
 A treatment that fails before anything reached the client (no response, or a 5xx) is replaced
-by control when the experiment falls back to control; the request still counts as a treatment
-error (router/dataplane/outcome.py names the recorded errors).
+by control when the experiment falls back to control, with control's own target timeouts; the
+request still counts as a treatment error (router/dataplane/outcome.py names the recorded
+errors). With no response at all the client gets an OpenAI-shaped error: 504 after a timeout,
+503 when every pooled connection to the replica stayed busy for the pool timeout, 502 otherwise
+(and for a non-streamed body over the size limit).
 """
 
 from __future__ import annotations
@@ -13,13 +16,19 @@ import orjson
 
 from router.dataplane.body import edit_request
 from router.dataplane.outcome import Outcome, OutcomeKind
-from router.dataplane.plan import Plan
+from router.dataplane.plan import Plan, arm_timeouts
+from router.dataplane.ports import GatewayPort
 from router.dataplane.routing import CompiledExperiment
 from router.dataplane.sse import relay_stream
 from router.errors import UpstreamUnavailable
 from router.http import Receive, Scope, Send, send_error
-from serving.errors import UpstreamError, UpstreamTimeout
-from serving.pool import ReplicaPool
+from serving.errors import (
+    UpstreamError,
+    UpstreamPoolExhausted,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+    UpstreamTooLarge,
+)
 from serving.upstream import UpstreamResponse, parse_error_body
 
 logger = logging.getLogger(__name__)
@@ -40,7 +49,7 @@ _DROP_RESPONSE = frozenset(
 
 
 async def forward(
-    replicas: ReplicaPool,
+    gw: GatewayPort,
     scope: Scope,
     receive: Receive,
     send: Send,
@@ -68,9 +77,7 @@ async def forward(
         failure = exc
     exp = plan.exp
     if exp is not None and _falls_back(plan, exp, resp, failure):
-        resp, failure = await _fall_back(
-            replicas, scope, path, plan, exp, rid, extra, resp, failure, out
-        )
+        resp, failure = await _fall_back(gw, scope, path, plan, exp, rid, extra, resp, failure, out)
     if failure is not None or resp is None:
         await _unavailable(send, failure, extra, out)
         return
@@ -112,7 +119,7 @@ def _falls_back(
 
 
 async def _fall_back(
-    replicas: ReplicaPool,
+    gw: GatewayPort,
     scope: Scope,
     path: str,
     plan: Plan,
@@ -139,10 +146,11 @@ async def _fall_back(
     )
     extra.append((b"x-abgate-fallback", b"control"))
     try:
-        resp = await replicas.set_for(control.urls).post(
+        resp = await gw.replicas.set_for(control.urls).post(
             path,
             body,
             upstream_headers(scope, rid, control.target.api_key),
+            timeouts=arm_timeouts(gw, control),
             model=control.target.model,
         )
     except UpstreamError as exc:
@@ -153,22 +161,40 @@ async def _fall_back(
 async def _unavailable(
     send: Send, failure: UpstreamError | None, extra: list[tuple[bytes, bytes]], out: Outcome
 ) -> None:
-    """No response from any replica: 504 after a timeout, 502 otherwise."""
+    """No response from any replica: 504 after a timeout, 503 with the pool exhausted, 502
+    otherwise."""
     err = failure or UpstreamError("no response", base_url="")
-    status = 504 if isinstance(err, UpstreamTimeout) else 502
-    out.status = status
+    error = _client_error(err)
+    out.status = error.status
     if not out.failed:  # a fallback keeps its own error
         out.fail(OutcomeKind.UPSTREAM_FAILURE, err.reason)
-    await send_error(
-        send,
-        UpstreamUnavailable(
+    await send_error(send, error, extra[0][1], extra)
+
+
+def _client_error(err: UpstreamError) -> UpstreamUnavailable:
+    """What the client is told about a failed upstream (never the replica's address)."""
+    if isinstance(err, UpstreamTimeout):
+        return UpstreamUnavailable(
             f"the model server for this request is unavailable ({err.reason})",
-            status=status,
-            code="upstream_timeout" if status == 504 else "upstream_unavailable",
-        ),
-        extra[0][1],
-        extra,
-    )
+            status=504,
+            code="upstream_timeout",
+        )
+    if isinstance(err, UpstreamPoolExhausted):
+        return UpstreamUnavailable(
+            f"the model server for this request is busy: all {err.connections} connections "
+            f"of this gateway to it stayed in use for {err.waited:g} s; retry later",
+            status=503,
+            code="upstream_pool_exhausted",
+        )
+    if isinstance(err, UpstreamProtocolError):  # its message names no address
+        return UpstreamUnavailable(f"the model server's response was refused: {err}")
+    if isinstance(err, UpstreamTooLarge):
+        return UpstreamUnavailable(
+            f"the model server's response is larger than this gateway's limit of {err.limit} "
+            "bytes (ABGATE_UPSTREAM_MAX_RESPONSE_BYTES)",
+            code="upstream_response_too_large",
+        )
+    return UpstreamUnavailable(f"the model server for this request is unavailable ({err.reason})")
 
 
 async def _relay_body(
@@ -185,9 +211,12 @@ async def _relay_body(
     except UpstreamError as exc:
         out.status = 502
         out.fail(OutcomeKind.UPSTREAM_FAILURE, exc.reason)
-        await send_error(
-            send, UpstreamUnavailable("the model server closed the response"), extra[0][1], extra
+        error = (
+            _client_error(exc)
+            if isinstance(exc, UpstreamTooLarge | UpstreamProtocolError)
+            else UpstreamUnavailable("the model server closed the response")
         )
+        await send_error(send, error, extra[0][1], extra)
         return
     if resp.status == 200:
         read_usage(payload, out)

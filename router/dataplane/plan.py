@@ -50,6 +50,7 @@ class Plan:
     fingerprint: str = ""  # of the prompt, for regeneration detection
     raw: bytes = b""  # the client's body, for a fallback to control and for capture
     capture: bool = False  # sampled for the flywheel (router/signals/capture.py)
+    write_timeout: float = 60.0  # a stream's client that accepts nothing this long is let go
 
 
 async def build_plan(gw: GatewayPort, scope: Scope, receive: Receive) -> Plan:
@@ -87,7 +88,7 @@ async def build_plan(gw: GatewayPort, scope: Scope, receive: Receive) -> Plan:
         client_wants_usage=wants_usage,
         has_options=has_options,
         replicas=gw.replicas.set_for(arm.urls),
-        timeouts=_timeouts(gw, arm),
+        timeouts=arm_timeouts(gw, arm),
         exp=exp,
         arm=arm,
         unit=unit or "",
@@ -148,8 +149,9 @@ def _unit_id(
     return None
 
 
-def _timeouts(gw: GatewayPort, arm: CompiledArm) -> Timeouts | None:
-    """The target's own timeouts, each falling back to the pool's default."""
+def arm_timeouts(gw: GatewayPort, arm: CompiledArm) -> Timeouts | None:
+    """The arm's target's own timeouts, each falling back to the pool's default; None when
+    the target sets none."""
     target = arm.target
     if target.connect_timeout is None and target.read_timeout is None:
         return None

@@ -17,9 +17,13 @@ from serving.pool import ReplicaPool
 from serving.upstream import UpstreamPool
 
 
-class BodyLimit(Protocol):
+class ProxySettings(Protocol):
     @property
     def max_body_bytes(self) -> int: ...
+
+    @property
+    def client_write_timeout(self) -> float:
+        """Seconds one send of a stream to its client may wait (router/dataplane/sse.py)."""
 
 
 class EventSink(Protocol):
@@ -31,7 +35,7 @@ class GatewayPort(Protocol):
     def table(self) -> RoutingTable: ...
 
     @property
-    def settings(self) -> BodyLimit: ...
+    def settings(self) -> ProxySettings: ...
 
     @property
     def metrics(self) -> GatewayMetrics: ...

@@ -27,6 +27,8 @@ class Proxy:
     def __init__(self, gateway: GatewayPort) -> None:
         self._gw = gateway
         self._ids = RequestIds()
+        # read once; a test double of the gateway may leave it out
+        self._write_timeout = gateway.settings.client_write_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
         t0 = time.perf_counter()
@@ -39,6 +41,8 @@ class Proxy:
             gw.metrics.rejected.labels(exc.code or exc.type).inc()
             await send_error(send, exc, rid_b, [])
             return
+        if plan.stream:
+            plan.write_timeout = self._write_timeout
         extra = [(b"x-request-id", rid_b)]
         if plan.exp is not None and plan.arm is not None:
             extra.append((b"x-abgate-experiment", plan.exp.name_header))
@@ -48,7 +52,7 @@ class Proxy:
         if plan.exp is not None:
             gw.inflight.add(rid)  # feedback for it waits until the event is recorded
         try:
-            await forward(gw.replicas, scope, receive, send, path, plan, rid, extra, t0, out)
+            await forward(gw, scope, receive, send, path, plan, rid, extra, t0, out)
         except Exception:
             logger.exception("unexpected error in the request path")
             gw.metrics.errors.labels("proxy").inc()

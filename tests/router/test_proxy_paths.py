@@ -115,7 +115,7 @@ class SpyBreakers(Breakers):
 class FakeGateway:
     def __init__(self, table: RoutingTable, script: dict[str, list[Answer]]) -> None:
         self.table = table
-        self.settings = SimpleNamespace(max_body_bytes=10_000)
+        self.settings = SimpleNamespace(max_body_bytes=10_000, client_write_timeout=60.0)
         self.registry = CollectorRegistry()
         self.metrics = GatewayMetrics(self.registry)
         self.pool = SimpleNamespace(
