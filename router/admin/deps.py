@@ -1,7 +1,9 @@
 """What every admin route shares: the bearer-token check, the gateway, the error models and the
 path and header parameters, and the one way a route changes an experiment.
 
-Every route needs `Authorization: Bearer $ABGATE_ADMIN_TOKEN` (compared in constant time).
+Every route needs `Authorization: Bearer $ABGATE_ADMIN_TOKEN` (compared in constant time). A
+401 says whether no bearer token came at all (and how to send one) or a wrong one did: telling
+the two apart reveals nothing about the token, and they have different fixes.
 Changes go through `ConfigStore.update` (one versioned document, audited, published), are
 applied on this gateway instance at once, and reach the other gateway instances through pub/sub
 and polling. A `RedisError` that escapes a route is answered by the app's handler (503 with a
@@ -26,6 +28,12 @@ from router.settings import Settings
 
 logger = logging.getLogger(__name__)
 
+MISSING_TOKEN = (
+    "missing admin token: send Authorization: Bearer <token> "
+    "(abgate CLI: --token or ABGATE_ADMIN_TOKEN)"
+)
+WRONG_TOKEN = "the admin token is not valid"
+
 ExperimentName = Annotated[str, Path(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._-]+$")]
 IfMatch = Annotated[str | None, Header(pattern=r'^(W/)?"?[0-9]{1,15}"?$')]
 Actor = Annotated[str, Header(max_length=200)]
@@ -47,7 +55,7 @@ ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
     for code, text in (
         (400, "Malformed header"),
-        (401, "Missing or wrong bearer token"),
+        (401, "Missing or wrong bearer token (the message says which)"),
         (404, "No such experiment"),
         (409, "Conflicts with the current state"),
         (412, "If-Match names a stale version"),
@@ -81,9 +89,12 @@ async def require_admin(
             "the admin API is disabled: start the gateway with ABGATE_ADMIN_TOKEN set"
         )
     token = settings.admin_token.get_secret_value().encode()
-    scheme, _, given = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token):
-        raise Unauthorized("a valid `Authorization: Bearer <admin token>` header is required")
+    scheme, _, given = (authorization or "").strip().partition(" ")
+    given = given.strip()
+    if scheme.lower() != "bearer" or not given:
+        raise Unauthorized(MISSING_TOKEN)
+    if not hmac.compare_digest(given.encode(), token):
+        raise Unauthorized(WRONG_TOKEN)
 
 
 ADMIN_AUTH = [Depends(require_admin)]

@@ -1,4 +1,6 @@
-"""Admin routes for the experiment documents: list, read, create, patch and delete.
+"""Admin routes for the experiment documents: list, read, create, patch and delete, and
+`POST /admin/experiments/{name}/share` (a PATCH of the treatment's share alone, audited as
+`set-share`).
 
 A write names its actor in `X-Abgate-Actor` (audited) and may carry `If-Match` with the
 experiment's version (412 when stale); the answer carries the new version as `ETag`.
@@ -25,7 +27,7 @@ from router.admin.deps import (
     require_experiment,
 )
 from router.control.evalgate import check_start
-from router.control.lifecycle import ExperimentPatch, patch
+from router.control.lifecycle import ExperimentPatch, ShareRequest, patch
 from router.errors import Conflict, Unprocessable
 from router.experiments import Experiment
 from router.runtime.gateway import Gateway
@@ -134,6 +136,36 @@ async def patch_experiment(
         name,
         await change(
             gateway, name, apply, actor=x_abgate_actor, action="patch", reason=body.reason,
+            if_match=version,
+        ),
+    )  # fmt: skip
+    response.headers["ETag"] = f'"{exp.version}"'
+    return exp
+
+
+@router.post(
+    "/experiments/{name}/share", response_model=Experiment, summary="Set the treatment's share"
+)
+async def set_share(
+    name: ExperimentName,
+    body: ShareRequest,
+    response: Response,
+    gateway: GatewayDep,
+    if_match: IfMatch = None,
+    x_abgate_actor: Actor = "admin-api",
+) -> Experiment:
+    """What `abgate set-share` calls: the same change and checks as a PATCH of
+    `treatment_percent`, named `set-share` in the audit log."""
+    version = parse_if_match(if_match)
+    share = ExperimentPatch(treatment_percent=body.treatment_percent)
+
+    def apply(current: Experiment | None, exps: dict[str, Experiment]) -> Experiment:
+        return patch(require_experiment(name, current), share)
+
+    exp = require_experiment(
+        name,
+        await change(
+            gateway, name, apply, actor=x_abgate_actor, action="set-share", reason=body.reason,
             if_match=version,
         ),
     )  # fmt: skip

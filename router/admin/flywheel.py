@@ -4,8 +4,10 @@
   (redacted when they were stored) with the feedback signals they received; ``signals`` keeps
   only those that received at least one of the listed signals.
 - `POST /admin/eval-reports`: register an `abgate eval` report; its verdicts are re-derived
-  from the per-case grades and the gate recomputed (router/control/evalgate.py); an older
-  report than the one registered is refused (409).
+  from the per-case grades and the gate recomputed (router/control/evalgate.py) in a worker
+  process, so the event loop keeps proxying meanwhile; an older report than the one registered
+  is refused (409). The body is read as bytes and parsed in that process too: parsing a
+  report of megabytes is itself a stall.
 - `GET /admin/eval-reports`: the registered reports, one per candidate model (the newest).
 
 An experiment with ``requires_eval_report: true`` is refused a start (409) unless the newest
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel
 
 from analysis.types import BUILTIN_SIGNALS
@@ -27,11 +29,31 @@ from router.admin.deps import (
     GatewayDep,
     require_experiment,
 )
-from router.control.evalgate import EvalRecord, list_records, record_from_report, register_record
+from router.control.evalgate import EvalRecord, Verifier, list_records, register_record
 from router.errors import Conflict, Unprocessable
 from router.signals.capture import read_captures
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=ADMIN_AUTH, responses=ADMIN_ERRORS)
+
+# One per gateway process: its worker starts with the first registration.
+_verifier = Verifier()
+
+
+def stop_verifier() -> None:
+    """Stop the verification worker at shutdown (it would otherwise outlive the app until exit)."""
+    _verifier.close()
+
+
+# The body is read raw (see the module's docstring); this documents it in the OpenAPI.
+_REPORT_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "The report.json written by `abgate eval`",
+        "content": {
+            "application/json": {"schema": {"type": "object", "additionalProperties": True}}
+        },
+    }
+}
 
 
 class CaptureList(BaseModel):
@@ -71,9 +93,11 @@ async def captures(
     return CaptureList(experiment=name, items=items)
 
 
-@router.post("/eval-reports", status_code=201, response_model=EvalRecord)
-async def register(report: dict[str, Any], gateway: GatewayDep) -> EvalRecord:
-    record = record_from_report(report)
+@router.post(
+    "/eval-reports", status_code=201, response_model=EvalRecord, openapi_extra=_REPORT_BODY
+)
+async def register(request: Request, gateway: GatewayDep) -> EvalRecord:
+    record = await _verifier.verify(await request.body())
     kept = await register_record(gateway.redis, record)
     if kept is not record:
         raise Conflict(

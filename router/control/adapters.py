@@ -9,7 +9,9 @@ path is refused, because vLLM caches adapters by name and would keep serving the
 
 Loading asks every replica to load the adapter, then probes each one with a one-token completion
 (serving/lora.py speaks vLLM's side); the adapter is ready only when every replica answered the
-probe. Operations on one name are serialised across gateway instances by a Redis lock. Unloading
+probe. Operations on one name are serialised across gateway instances by a Redis lock that only
+its holder can renew or release (router/control/redislock.py), renewed while the operation runs,
+however long vLLM takes to load. Unloading
 waits until no request uses the adapter (or a timeout), then unloads it from every replica.
 """
 
@@ -19,13 +21,16 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Literal
 
 import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict, Field
+from redis.exceptions import RedisError
 
 from router import keys
+from router.control.redislock import RedisLock
 from serving.lora import load_adapter, probe_adapter, unload_adapter
 from serving.pool import ReplicaPool
 
@@ -33,6 +38,9 @@ logger = logging.getLogger(__name__)
 
 ReplicaStateName = Literal["loading", "ready", "failed", "draining", "unloaded"]
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,199}$")
+# Renewed every third of it while an operation runs; it only bounds how long the name stays
+# locked after a gateway instance died holding it.
+LOCK_TTL_SECONDS = 30.0
 
 
 class AdapterError(Exception):
@@ -79,9 +87,12 @@ class AdapterRecord(BaseModel):
 
 
 class AdapterManager:
-    def __init__(self, redis: aioredis.Redis, replicas: ReplicaPool) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, replicas: ReplicaPool, lock_ttl: float = LOCK_TTL_SECONDS
+    ) -> None:
         self.redis = redis
         self.replicas = replicas
+        self.lock_ttl = lock_ttl
         self._locks: dict[str, asyncio.Lock] = {}
 
     # -- registry ------------------------------------------------------------------------------
@@ -118,30 +129,40 @@ class AdapterManager:
 
     # -- locking -------------------------------------------------------------------------------
 
-    class _Lock:
-        def __init__(self, manager: AdapterManager, name: str, wait: float) -> None:
-            self.m, self.name, self.wait = manager, name, wait
-            self.token = f"{time.time()}:{id(self)}"
+    @asynccontextmanager
+    async def lock(self, name: str, wait: float = 60.0) -> AsyncIterator[None]:
+        """Hold the adapter's lock: one load or unload of `name` at a time, across gateway
+        instances (a Redis lock renewed while the body runs, so even a load that waits the
+        full five minutes for vLLM keeps it) and within this one (an asyncio lock, so its
+        own operations queue without polling Redis). `AdapterError` (409) after `wait`."""
+        busy = AdapterError(f"adapter {name!r} is busy (another load or unload)")
+        deadline = time.monotonic() + wait
+        local = self._locks.setdefault(name, asyncio.Lock())
+        try:
+            async with asyncio.timeout(wait):
+                await local.acquire()
+        except TimeoutError:
+            raise busy from None
+        try:
+            held = RedisLock(self.redis, keys.adapter_lock(name), self.lock_ttl)
+            if not await held.acquire(max(0.0, deadline - time.monotonic())):
+                raise busy
+            try:
+                async with held.renewing():
+                    yield
+            finally:
+                await self._unlock(held, name)
+        finally:
+            local.release()
 
-        async def __aenter__(self) -> None:
-            local = self.m._locks.setdefault(self.name, asyncio.Lock())
-            await local.acquire()
-            deadline = time.monotonic() + self.wait
-            key = keys.adapter_lock(self.name)
-            while not await self.m.redis.set(key, self.token, nx=True, px=120_000):
-                if time.monotonic() > deadline:
-                    local.release()
-                    raise AdapterError(f"adapter {self.name!r} is busy (another load or unload)")
-                await asyncio.sleep(0.05)
-
-        async def __aexit__(self, *exc: object) -> None:
-            key = keys.adapter_lock(self.name)
-            if (await self.m.redis.get(key)) in (self.token, self.token.encode()):
-                await self.m.redis.delete(key)
-            self.m._locks[self.name].release()
-
-    def lock(self, name: str, wait: float = 60.0) -> AdapterManager._Lock:
-        return AdapterManager._Lock(self, name, wait)
+    @staticmethod
+    async def _unlock(held: RedisLock, name: str) -> None:
+        if held.lost:
+            logger.warning("adapter %s: another operation may have run alongside this one", name)
+        try:
+            await held.release()
+        except RedisError as exc:  # it expires within one TTL anyway
+            logger.warning("adapter %s: could not release its lock: %s", name, exc)
 
     # -- load ----------------------------------------------------------------------------------
 

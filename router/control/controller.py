@@ -1,12 +1,12 @@
 """`abgate controller`: evaluates every running experiment and applies the policy's decisions.
 
 Any number of controller processes may run; one is the leader, by a Redis lock with a TTL
-(`keys.CONTROLLER_LEADER`, renewed every third of the TTL). A standby takes over within one
-TTL when the leader dies. Decisions go through the same store path as the admin API (actor
-`controller`), guarded by the lock inside the transaction and by the experiment's version, so a
-deposed leader cannot apply anything and no decision is applied twice. Manual actions win: only
-`running` experiments are evaluated, so a paused experiment is not advanced and a rollback is
-final.
+(`keys.CONTROLLER_LEADER`, renewed every third of the TTL; only its holder renews or releases
+it: router/control/redislock.py). A standby takes over within one TTL when the leader dies.
+Decisions go through the same store path as the admin API (actor `controller`), guarded by the
+lock inside the transaction and by the experiment's version, so a deposed leader cannot apply
+anything and no decision is applied twice. Manual actions win: only `running` experiments are
+evaluated, so a paused experiment is not advanced and a rollback is final.
 
 Per experiment the controller keeps its ramp step in a hash (share, start time, unit counts at
 the start) and appends every evaluation to a decisions stream (router/keys.py).
@@ -31,6 +31,7 @@ from analysis.types import Decision, StepState
 from router import keys
 from router.control.changes import apply_change
 from router.control.lifecycle import transition
+from router.control.redislock import RedisLock
 from router.control.store import ConfigStore, GuardLost
 from router.errors import GatewayError
 from router.experiments import Experiment
@@ -41,16 +42,6 @@ logger = logging.getLogger(__name__)
 LOCK_KEY = keys.CONTROLLER_LEADER
 DECISION_ACTIONS = ("advance", "promote", "rollback", "pause")
 DECISIONS_MAXLEN = 5000
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 
 decisions_key = keys.decisions
@@ -132,8 +123,7 @@ class Controller:
         self.identity = identity or f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
         self.metrics = ControllerMetrics(registry or CollectorRegistry())
         self.is_leader = False
-        self._renew = redis.register_script(_RENEW)
-        self._release = redis.register_script(_RELEASE)
+        self.lock = RedisLock(redis, LOCK_KEY, lock_ttl, token=self.identity)
         self._last_eval: dict[str, float] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -156,7 +146,7 @@ class Controller:
         finally:
             if self.is_leader:
                 with contextlib.suppress(RedisError):
-                    await self._release(keys=[LOCK_KEY], args=[self.identity])
+                    await self.lock.release()
                 self._set_leader(False)
             logger.info("controller %s stopped", self.identity)
 
@@ -171,11 +161,9 @@ class Controller:
         self.metrics.leader.set(1 if leader else 0)
 
     async def _hold_lock(self) -> None:
-        ttl_ms = int(self.lock_ttl * 1000)
-        if self.is_leader and await self._renew(keys=[LOCK_KEY], args=[self.identity, ttl_ms]):
+        if self.is_leader and await self.lock.renew():
             return
-        got = await self.redis.set(LOCK_KEY, self.identity, nx=True, px=ttl_ms)
-        self._set_leader(bool(got))
+        self._set_leader(await self.lock.try_acquire())
 
     async def evaluate_all(self, now: float | None = None) -> list[Decision]:
         doc = await self.store.load()

@@ -78,6 +78,16 @@ class ExperimentPatch(BaseModel):
     reason: str = Field(default="", max_length=1000, description="Recorded in the audit log")
 
 
+class ShareRequest(BaseModel):
+    """The treatment's share alone: a PATCH of `treatment_percent` with the same checks,
+    audited as its own action (`set-share`) so the log reads like the commands that were run."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    treatment_percent: float = Field(ge=0, le=100, description="Treatment's share in percent")
+    reason: str = Field(default="", max_length=1000, description="Recorded in the audit log")
+
+
 class ActionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 

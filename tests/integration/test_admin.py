@@ -75,8 +75,14 @@ ROUTES = [
         ("POST", f"/experiments/seeded/{a}")
         for a in ("start", "rollback", "pause", "resume", "promote", "advance")
     ],
+    ("POST", "/experiments/seeded/share"),
     ("GET", "/audit"),
 ]
+MISSING = (
+    "missing admin token: send Authorization: Bearer <token> "
+    "(abgate CLI: --token or ABGATE_ADMIN_TOKEN)"
+)
+WRONG = "the admin token is not valid"
 
 
 @pytest.mark.parametrize(("method", "path"), ROUTES)
@@ -91,8 +97,85 @@ def test_every_admin_route_needs_the_token(
     resp = httpx.request(method, gw.url + "/admin" + path, headers=headers, json=body)
     assert resp.status_code == 401
     assert resp.headers["www-authenticate"] == "Bearer"
-    assert "Bearer" in resp.json()["error"]["message"]
+    assert resp.json()["error"]["message"] == (WRONG if auth == "Bearer wrong" else MISSING)
     assert httpx.get(gw.url + "/readyz").json()["config_version"] == before
+
+
+@pytest.mark.parametrize(
+    ("auth", "message"),
+    [
+        (None, MISSING),
+        ("", MISSING),
+        ("Bearer", MISSING),
+        ("Basic YWRtaW46c2VjcmV0", MISSING),
+        (TOKEN, MISSING),  # the token without its scheme
+        ("Bearer wrong", WRONG),
+        ("bearer wrong", WRONG),
+        (f"Bearer {TOKEN}x", WRONG),
+        (f"Bearer {TOKEN[:-1]}", WRONG),
+    ],
+)
+def test_a_wrong_token_is_told_apart_from_a_missing_one(
+    replicas: list[Proc], auth: str | None, message: str
+) -> None:
+    headers = {} if auth is None else {"Authorization": auth}
+    resp = httpx.get(replicas[0].url + "/admin/experiments", headers=headers)
+    assert resp.status_code == 401
+    assert resp.headers["www-authenticate"] == "Bearer"
+    error = resp.json()["error"]
+    assert error["message"] == message
+    assert (error["type"], error["code"]) == ("authentication_error", "unauthorized")
+    ok = httpx.get(replicas[0].url + "/admin/experiments",
+                   headers={"Authorization": f"bearer  {TOKEN}"})  # fmt: skip
+    assert ok.status_code == 200, ok.text
+
+
+def test_set_share_is_its_own_audited_action(replicas: list[Proc], emu: Proc) -> None:
+    a, b, _ = replicas
+    assert admin(a, "POST", "/experiments", json=new_exp(emu, "share", "share-route", 5)).is_success
+    version = admin(a, "GET", "/experiments/share").json()["version"]
+
+    resp = admin(a, "POST", "/experiments/share/share", headers={"If-Match": f'"{version}"'},
+                 json={"treatment_percent": 30, "reason": "by hand"})  # fmt: skip
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["treatment_percent"] == 30 and resp.json()["version"] == version + 1
+    assert resp.headers["etag"] == f'"{version + 1}"'
+    entry = admin(a, "GET", "/audit", params={"experiment": "share"}).json()["entries"][0]
+    assert entry["action"] == "set-share"
+    assert (entry["reason"], entry["actor"]) == ("by hand", "admin-api")
+    assert (entry["before"]["treatment_percent"], entry["after"]["treatment_percent"]) == (5, 30)
+
+    # If-Match as for PATCH: a stale version changes nothing, on any gateway instance
+    stale = admin(b, "POST", "/experiments/share/share", json={"treatment_percent": 40},
+                  headers={"If-Match": f'"{version}"'})  # fmt: skip
+    assert stale.status_code == 412, stale.text
+    # the same validation as a PATCH of treatment_percent
+    for value in (150, -1, "50", True, None):
+        body = {"treatment_percent": value}
+        refused = admin(b, "POST", "/experiments/share/share", json=body)
+        assert refused.status_code == 422, (body, refused.text)
+        assert "treatment_percent" in refused.json()["error"]["message"], refused.text
+        patched = admin(b, "PATCH", "/experiments/share", json=body)
+        assert patched.status_code == 422, (body, patched.text)
+    for body in ({}, {"reason": "no share"}, {"treatment_percent": 10, "route": "elsewhere"},
+                 {"treatment_percent": 10, "reason": 3}):  # fmt: skip
+        refused = admin(b, "POST", "/experiments/share/share", json=body)
+        assert refused.status_code == 422, (body, refused.text)
+    assert admin(b, "POST", "/experiments/nope/share",
+                 json={"treatment_percent": 10}).status_code == 404  # fmt: skip
+    assert admin(b, "GET", "/experiments/share").json()["treatment_percent"] == 30
+
+    # without If-Match and reason, from another gateway instance, with an actor
+    ok = admin(b, "POST", "/experiments/share/share", json={"treatment_percent": 12.5},
+               headers={"X-Abgate-Actor": "oncall"})  # fmt: skip
+    assert ok.status_code == 200 and ok.json()["treatment_percent"] == 12.5
+    entry = admin(a, "GET", "/audit", params={"experiment": "share"}).json()["entries"][0]
+    assert (entry["action"], entry["reason"], entry["actor"]) == ("set-share", "", "oncall")
+
+    # a final experiment keeps its share, as with PATCH
+    assert admin(a, "POST", "/experiments/share/rollback").is_success
+    final = admin(a, "POST", "/experiments/share/share", json={"treatment_percent": 50})
+    assert final.status_code == 409 and "rolled_back" in final.json()["error"]["message"]
 
 
 def test_validation_errors_name_the_field(replicas: list[Proc], emu: Proc) -> None:
