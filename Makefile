@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.rollback
 	$(BIN)/python -m bench.feedback
 	$(BIN)/python -m bench.redact
+	$(BIN)/python -m bench.cli
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build *.egg-info

@@ -4,7 +4,8 @@ Composition only: the suites, graders, statistics and verdicts are `analysis.eva
 model calls are `serving.generate`'s. Steps:
 
 1. read the spec and every suite's cases, build the graders and check the cases against them
-   (a typo fails here, before any model call); ``--regression`` adds the shipped suites;
+   (a typo fails here, before any model call); ``--regression`` adds the shipped suites, and
+   without a spec they are the whole run (has the fine-tune forgotten anything?);
 2. fingerprint the spec's cases and compare with the frozen fingerprint when there is one
    (`freeze` writes ``<spec>.frozen.json``); the grader configuration hash must match too;
 3. check the cases against the training data (``--train``) for contamination;
@@ -85,11 +86,23 @@ def _read(path: Path, what: str) -> str:
         ) from None
 
 
-def load_suites(spec_path: Path, regression: bool) -> tuple[EvalSpec, list[Suite]]:
-    spec = parse_spec(_read(spec_path, "the spec"), str(spec_path))
+def regression_only_spec() -> EvalSpec:
+    """The spec of a run of the shipped regression suites alone: default sampling, no suite of
+    its own. Built without validation, which asks a written spec for at least one suite."""
+    return EvalSpec.model_construct(name="regression", suites=[])
+
+
+def load_suites(spec_path: Path | None, regression: bool) -> tuple[EvalSpec, list[Suite]]:
+    """The spec and its suites; without ``spec_path``, the shipped regression suites alone."""
+    if spec_path is not None:
+        spec = parse_spec(_read(spec_path, "the spec"), str(spec_path))
+    elif regression:
+        spec = regression_only_spec()
+    else:
+        raise EvalInputError("give a spec, or ask for the regression suites")
     suites: list[Suite] = []
-    for s in spec.suites:
-        path = spec_path.parent / s.cases
+    for s in spec.suites:  # only a spec read from a file has suites of its own
+        path = (spec_path or Path()).parent / s.cases
         cases = parse_cases(_read(path, f"the cases of suite {s.name!r}"), str(path))
         grader = build_grader(s.grader, judge=spec.judge)
         check_cases(grader, cases, source=str(path))
@@ -247,16 +260,18 @@ def _grade(
     return grader.grade(case, out.text)
 
 
-async def run_eval(spec_path: Path, opts: EvalOptions) -> EvalReport:
-    """Run the whole gate; raises `EvalInputError` for bad input (nothing is called then)."""
+async def run_eval(spec_path: Path | None, opts: EvalOptions) -> EvalReport:
+    """Run the whole gate; raises `EvalInputError` for bad input (nothing is called then).
+    Without ``spec_path`` (and with ``opts.regression``) the shipped regression suites alone
+    are run: the gate passes unless one of them shows forgetting or is incomplete."""
     started = dt.datetime.now(dt.UTC)
     spec, suites = load_suites(spec_path, opts.regression)
     own = _spec_cases(suites)
     fp, ghash = fingerprint(own), grader_config_hash(spec)
     extra_reasons: list[str] = []
-    pinned = frozen_path(spec_path)
+    pinned = frozen_path(spec_path) if spec_path is not None else None
     fingerprint_ok = True
-    if pinned.exists():
+    if pinned is not None and pinned.exists():
         try:
             frozen = json.loads(_read(pinned, "the frozen fingerprint"))
             frozen_fp, frozen_hash = frozen["fingerprint"], frozen["grader_config_hash"]
@@ -268,9 +283,9 @@ async def run_eval(spec_path: Path, opts: EvalOptions) -> EvalReport:
                 f"grader configuration changed since `abgate eval freeze` ({pinned.name}): "
                 f"{frozen_hash[:12]} frozen, {ghash[:12]} now"
             )
-    train = opts.train or (
-        spec_path.parent / spec.contamination.train if spec.contamination.train else None
-    )
+    train = opts.train
+    if train is None and spec_path is not None and spec.contamination.train:
+        train = spec_path.parent / spec.contamination.train
     hits = []
     if train is not None:
         texts = train_texts_from_jsonl(_read(train, "the training data"), str(train))

@@ -5,36 +5,48 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from router.cli.operator import DEFAULT_URL, AdminClient, Token, Url, fail
+from router.cli.common import DEFAULT_URL, AsJson, Token, Url, admin_client, fail, print_json, say
+
+
+def show(record: dict[str, Any]) -> None:
+    say(f"{record['name']}: {record['state']} ({record['path']})")
+    for url, state in record["replicas"].items():
+        reason = f" - {state['reason']}" if state.get("reason") else ""
+        say(f"    {url}: {state['state']}{reason}")
+
+
+def show_list(adapters: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+
+    from router.cli.tables import Column, fitted
+
+    columns = [Column("name"), Column("state"), Column("replicas", "text"), Column("path", "text")]
+    rows = [
+        [
+            a["name"],
+            a["state"],
+            "\n".join(f"{u}: {s['state']}" for u, s in a["replicas"].items()),
+            a["path"],
+        ]
+        for a in adapters
+    ]
+    console = Console(highlight=False)
+    console.print(fitted(console, columns, rows, title="adapters"))
 
 
 def register(app: typer.Typer) -> None:
     sub = typer.Typer(help="LoRA adapters on every vLLM replica", no_args_is_help=True)
     app.add_typer(sub, name="adapters")
-    console = Console(highlight=False)
-
-    def show(record: dict[str, Any]) -> None:
-        console.print(f"{record['name']}: {record['state']} ({record['path']})", markup=False)
-        for url, state in record["replicas"].items():
-            reason = f" - {state['reason']}" if state.get("reason") else ""
-            console.print(f"    {url}: {state['state']}{reason}", markup=False)
 
     @sub.command("list")
-    def list_(url: Url = DEFAULT_URL, token: Token = None) -> None:
+    def list_(as_json: AsJson = False, url: Url = DEFAULT_URL, token: Token = None) -> None:
         """Adapters with their state on each replica."""
-        client = AdminClient(url, token)
-        data = client.call("GET", "/admin/adapters")
-        table = Table(title="adapters")
-        for col in ("name", "state", "path", "replicas"):
-            table.add_column(col)
-        for a in data["adapters"]:
-            states = ", ".join(f"{u}: {s['state']}" for u, s in a["replicas"].items())
-            table.add_row(a["name"], a["state"], a["path"], states)
-        console.print(table)
-        client.close()
+        data = admin_client(url, token).call("GET", "/admin/adapters")
+        if as_json:
+            print_json(data)
+        else:
+            show_list(data["adapters"])
 
     @sub.command("load")
     def load(
@@ -52,14 +64,13 @@ def register(app: typer.Typer) -> None:
         """Load on every replica and probe; exits 1 unless ready everywhere."""
         if not base_url and not experiment:
             fail("give --base-url (one or more) or --experiment", code=2)
-        client = AdminClient(url, token)
+        admin = admin_client(url, token)
         body: dict[str, Any] = {"name": name, "path": path}
         if base_url:
             body["base_urls"] = base_url
         if experiment:
             body["experiment"] = experiment
-        record = client.call("POST", "/admin/adapters", json=body, timeout=600)
-        client.close()
+        record = admin.call("POST", "/admin/adapters", json=body, timeout=600)
         show(record)
         if record["state"] != "ready":
             fail(f"adapter {name} is {record['state']}")
@@ -74,14 +85,12 @@ def register(app: typer.Typer) -> None:
         token: Token = None,
     ) -> None:
         """Drain, then unload from every replica."""
-        client = AdminClient(url, token)
-        record = client.call(
+        record = admin_client(url, token).call(
             "DELETE",
             f"/admin/adapters/{name}",
             params={"drain_seconds": drain_seconds},
             timeout=drain_seconds + 120,
         )
-        client.close()
         show(record)
 
     @sub.command("swap")
@@ -96,16 +105,14 @@ def register(app: typer.Typer) -> None:
         token: Token = None,
     ) -> None:
         """Repoint a running experiment's treatment to another adapter, atomically."""
-        client = AdminClient(url, token)
-        before = client.call("GET", f"/admin/experiments/{experiment}")
-        after = client.call(
+        admin = admin_client(url, token)
+        before = admin.call("GET", f"/admin/experiments/{experiment}")
+        after = admin.call(
             "POST",
             f"/admin/experiments/{experiment}/swap",
             json={"treatment_model": treatment_model, "unload_old": unload_old, "reason": reason},
         )
-        client.close()
-        console.print(
+        say(
             f"{experiment}: treatment {before['treatment']['model']} -> "
-            f"{after['treatment']['model']} (version {after['version']})",
-            markup=False,
+            f"{after['treatment']['model']} (version {after['version']})"
         )

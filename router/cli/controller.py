@@ -1,20 +1,14 @@
-"""`abgate controller`: run the decision loop (one leader among any number of processes)."""
+"""`abgate controller`: run the decision loop (one leader among any number of processes).
+
+Redis, Prometheus and the controller (with the statistics behind it) are imported when the
+command runs, not when `abgate` starts."""
 
 from __future__ import annotations
 
-import asyncio
-import signal
 import sys
 from typing import Annotated
 
-import redis.asyncio as aioredis
 import typer
-from prometheus_client import CollectorRegistry, start_http_server
-
-from router import logs
-from router.cli.serve import load_settings
-from router.control.controller import Controller
-from router.errors import ConfigError
 
 
 def register(app: typer.Typer) -> None:
@@ -35,6 +29,17 @@ def register(app: typer.Typer) -> None:
 
 
 def run(tick: float | None, lock_ttl: float | None, metrics_port: int | None) -> int:
+    import asyncio
+    import signal
+
+    import redis.asyncio as aioredis
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    from router import logs
+    from router.cli.serve import load_settings
+    from router.control.controller import Controller
+    from router.errors import ConfigError
+
     try:
         settings = load_settings(
             controller_tick_seconds=tick,

@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from router.cli.common import fail
+
 
 def register(app: typer.Typer) -> None:
     @app.command("demo")
@@ -19,6 +21,12 @@ def register(app: typer.Typer) -> None:
         timeout: Annotated[float, typer.Option(help="give up after this many seconds")] = 300,
     ) -> None:
         """Run the whole system locally: two experiments, a controller, simulated users."""
-        from router.demo.run import run
-
+        try:
+            from router.demo.run import run
+        except ModuleNotFoundError as exc:  # the simulated users need the dev extra's openai
+            fail(
+                f"the demo needs {exc.name!r}, part of the dev extra: pip install -e '.[dev]' "
+                "from a checkout",
+                code=2,
+            )
         raise typer.Exit(run(short=short, reports=reports, timeout=timeout))

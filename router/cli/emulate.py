@@ -1,12 +1,11 @@
-"""`abgate emulate`: run the vLLM emulator (serving.emulator); its flags are parsed by argparse."""
+"""`abgate emulate`: run the vLLM emulator (serving.emulator); its flags are parsed by argparse.
+
+The emulator (uvicorn and the app) is imported when the command runs, not when `abgate`
+starts."""
 
 from __future__ import annotations
 
-import argparse
-
 import typer
-
-from serving.emulator import cli as emulator_cli
 
 
 def register(app: typer.Typer) -> None:
@@ -17,6 +16,10 @@ def register(app: typer.Typer) -> None:
     )
     def emulate(ctx: typer.Context) -> None:
         """Run a vLLM-compatible emulator (no GPU needed); `abgate emulate --help` for flags."""
+        import argparse
+
+        from serving.emulator import cli as emulator_cli
+
         parser = argparse.ArgumentParser(
             prog="abgate emulate",
             description="Serve vLLM's OpenAI-compatible API with deterministic answers.",

@@ -1,9 +1,9 @@
-"""`abgate flywheel export`: captured production failures become the next eval cases.
+"""`abgate flywheel`: captured production failures become the next eval cases.
 
-Reads an experiment's captured requests (opt-in, redacted at capture) through the admin API,
-keeps those that received one of the chosen signals, drops any whose input already is in an
-existing eval file (the contamination check's normalisation), and writes the rest as eval cases
-in the spec's JSONL format. The file is written whole or not at all.
+`export` reads an experiment's captured requests (opt-in, redacted at capture) through the admin
+API, keeps those that received one of the chosen signals, drops any whose input already is in an
+existing eval file, and writes the rest as eval cases (router/cli/flywheel_export.py); the file
+is written whole or not at all. `captures` shows what was captured.
 """
 
 from __future__ import annotations
@@ -11,92 +11,31 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-import orjson
 import typer
-import yaml
-from rich.console import Console
 
-from analysis.eval.cases import EvalInputError, case_text, normalise_text, parse_cases
-from analysis.eval.types import EvalCase
-from offline.files import write_atomically
-from router.cli.operator import DEFAULT_URL, AdminClient, Token, Url, fail
+from router.cli.common import DEFAULT_URL, AsJson, Token, Url, admin_client, fail, print_json
 
-_ROLES = ("system", "user", "assistant")
+Signals = Annotated[str, typer.Option(help="comma-separated; captures that received any of them")]
+Arm = Annotated[str | None, typer.Option(help="only this arm (control or treatment)")]
+Limit = Annotated[int, typer.Option(min=1, max=100_000, help="newest captures to read")]
+ExperimentName = Annotated[str, typer.Argument(help="experiment name")]
 
 
-def _eval_files(paths: list[Path]) -> list[Path]:
-    """JSONL files as given; a YAML spec stands for the case files of its suites."""
-    files: list[Path] = []
-    for path in paths:
-        if path.suffix in (".yaml", ".yml"):
-            try:
-                spec = yaml.safe_load(path.read_text(encoding="utf-8"))
-            except (OSError, yaml.YAMLError) as exc:
-                fail(f"cannot read the spec {path}: {exc}", code=2)
-            suites = spec.get("suites") if isinstance(spec, dict) else None
-            if not isinstance(suites, list):
-                fail(f"{path} has no `suites:` list", code=2)
-            files.extend(
-                path.parent / s["cases"]
-                for s in suites
-                if isinstance(s, dict) and isinstance(s.get("cases"), str)
-            )
-        else:
-            files.append(path)
-    return files
-
-
-def _key(case: EvalCase) -> str:
-    """What makes two cases the same question: the user turns, normalised, exactly as the
-    contamination check compares held-out cases with training data."""
-    return normalise_text(case_text(case, roles=("user",)))
-
-
-def existing_inputs(paths: list[Path]) -> set[str]:
-    """Normalised inputs of every case in ``paths``."""
-    seen: set[str] = set()
-    for path in _eval_files(paths):
-        try:
-            cases = parse_cases(path.read_text(encoding="utf-8"), str(path))
-        except OSError as exc:
-            fail(f"cannot read {path}: {exc.strerror}", code=2)
-        except EvalInputError as exc:
-            fail(str(exc), code=2)
-        seen.update(_key(c) for c in cases)
-    return seen
-
-
-def to_case(item: dict[str, Any]) -> EvalCase | None:
-    """An eval case from a captured item; the answer that drew the signal goes in metadata."""
-    raw = item.get("input")
-    if isinstance(raw, list):
-        messages = [m for m in raw if m.get("role") in _ROLES]
-        # the case asks what the last user turn asked: drop a trailing assistant turn
-        while messages and messages[-1]["role"] == "assistant":
-            messages.pop()
-        if not messages:
-            return None
-        value: Any = messages
-    elif isinstance(raw, str) and raw:
-        value = raw
-    else:
-        return None
-    return EvalCase.model_validate(
-        {
-            "id": f"flywheel-{item['request_id'].removeprefix('req_')[:16]}",
-            "input": value,
-            "metadata": {
-                "source": "flywheel",
-                "experiment": item.get("experiment"),
-                "arm": item.get("arm"),
-                "model": item.get("model"),
-                "signals": item.get("signals", []),
-                "request_id": item.get("request_id"),
-                "captured_at": item.get("ts"),
-                "response": item.get("output"),
-            },
-        }
+def _read(
+    name: str, signals: str, arm: str | None, limit: int, url: str, token: str | None
+) -> dict[str, Any]:
+    wanted = [s.strip() for s in signals.split(",") if s.strip()]
+    if arm not in (None, "control", "treatment"):
+        fail(f"--arm must be control or treatment, not {arm!r}", code=2)
+    params: dict[str, Any] = {"limit": limit}
+    if wanted:
+        params["signals"] = ",".join(wanted)
+    if arm:
+        params["arm"] = arm
+    data: dict[str, Any] = admin_client(url, token).call(
+        "GET", f"/admin/experiments/{name}/captures", params=params
     )
+    return data
 
 
 def register(app: typer.Typer) -> None:
@@ -104,63 +43,89 @@ def register(app: typer.Typer) -> None:
         help="The data flywheel: production failures -> eval cases", no_args_is_help=True
     )
     app.add_typer(sub, name="flywheel")
-    console = Console(highlight=False, stderr=True)
 
     @sub.command("export")
     def export(
-        name: Annotated[str, typer.Argument(help="experiment name")],
+        name: ExperimentName,
         out: Annotated[Path, typer.Option("--out", help="JSONL file to write")],
-        signals: Annotated[
-            str,
-            typer.Option(help="comma-separated; export captures that received any of them"),
-        ] = "thumbs_down,escalation,regenerated",
+        signals: Signals = "thumbs_down,escalation,regenerated",
         against: Annotated[
             list[Path] | None,
             typer.Option(
                 "--against", help="eval JSONL files or specs to deduplicate against (repeatable)"
             ),
         ] = None,
-        arm: Annotated[
-            str | None, typer.Option(help="only this arm (control or treatment)")
-        ] = None,
-        limit: Annotated[
-            int, typer.Option(min=1, max=100_000, help="newest captures to read")
-        ] = 10_000,
+        arm: Arm = None,
+        limit: Limit = 10_000,
         url: Url = DEFAULT_URL,
         token: Token = None,
     ) -> None:
         """Write NAME's captured requests that drew the given signals as eval cases."""
-        wanted = [s.strip() for s in signals.split(",") if s.strip()]
-        if not wanted:
+        from offline.files import write_atomically
+        from router.cli.flywheel_export import existing_inputs, export_cases
+
+        if not any(s.strip() for s in signals.split(",")):
             fail("--signals names no signal", code=2)
-        if arm not in (None, "control", "treatment"):
-            fail(f"--arm must be control or treatment, not {arm!r}", code=2)
-        seen = existing_inputs(list(against or []))
-        client = AdminClient(url, token)
-        params: dict[str, Any] = {"signals": ",".join(wanted), "limit": limit}
-        if arm:
-            params["arm"] = arm
-        data = client.call("GET", f"/admin/experiments/{name}/captures", params=params)
-        client.close()
-        lines: list[bytes] = []
-        skipped = 0
-        for item in data["items"]:
-            case = to_case(item)
-            if case is None:
-                skipped += 1
-                continue
-            key = _key(case)
-            if key in seen:
-                skipped += 1
-                continue
-            seen.add(key)
-            lines.append(orjson.dumps(case.model_dump(mode="json", exclude_defaults=True)))
+        seen = existing_inputs(list(against or []))  # a bad --against fails before any call
+        data = _read(name, signals, arm, limit, url, token)
+        content, written, skipped = export_cases(data["items"], seen)
         try:
-            write_atomically(out, b"".join(line + b"\n" for line in lines))
+            write_atomically(out, content)
         except OSError as exc:
             fail(f"cannot write {out}: {exc.strerror}", code=2)
-        console.print(
-            f"wrote {len(lines)} cases to {out} ({skipped} duplicates or unusable skipped, "
+        typer.echo(
+            f"wrote {written} cases to {out} ({skipped} duplicates or unusable skipped, "
             f"{len(data['items'])} captures matched)",
-            markup=False,
+            err=True,
         )
+
+    @sub.command("captures")
+    def captures(
+        name: ExperimentName,
+        signals: Signals = "",
+        arm: Arm = None,
+        limit: Limit = 50,
+        as_json: AsJson = False,
+        url: Url = DEFAULT_URL,
+        token: Token = None,
+    ) -> None:
+        """NAME's captured requests (newest first) with the signals they received."""
+        data = _read(name, signals, arm, limit, url, token)
+        if as_json:
+            print_json(data)
+        else:
+            show_captures(data["items"])
+
+
+def show_captures(items: list[dict[str, Any]]) -> None:
+    import datetime as dt
+
+    from rich.console import Console
+
+    from router.cli.tables import Column, fitted
+
+    columns = [
+        Column("time (UTC)", "text"), Column("request"), Column("arm"),
+        Column("signals", "text"), Column("input", "text"), Column("model", "extra"),
+    ]  # fmt: skip
+    rows = []
+    for item in items:
+        when = dt.datetime.fromtimestamp(item["ts"], dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+        rows.append(
+            [
+                when, item["request_id"], item["arm"], ", ".join(item["signals"]) or "-",
+                _last_user_turn(item.get("input")), item.get("model", ""),
+            ]
+        )  # fmt: skip
+    console = Console(highlight=False)
+    console.print(fitted(console, columns, rows, title=f"captures ({len(items)})"))
+
+
+def _last_user_turn(raw: Any, limit: int = 160) -> str:
+    """What the user asked last, shortened for a table (`--json` has the whole exchange)."""
+    text = raw if isinstance(raw, str) else ""
+    if isinstance(raw, list):
+        users = [m.get("content") for m in raw if isinstance(m, dict) and m.get("role") == "user"]
+        text = users[-1] if users and isinstance(users[-1], str) else ""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

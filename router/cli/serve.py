@@ -1,4 +1,8 @@
-"""`abgate serve`: run the gateway."""
+"""`abgate serve`: run the gateway.
+
+The server stack (uvicorn, the app, the settings) is imported when the command runs, so that the
+`abgate` command itself starts fast for every other command.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +11,14 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-import uvicorn
-from pydantic import ValidationError
 
-from router import logs
-from router.app import create_app
-from router.errors import ConfigError
-from router.runtime.embedded_redis import EmbeddedRedis, RedisNotFound
-from router.settings import Settings
+if TYPE_CHECKING:
+    import uvicorn
+
+    from router.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +43,11 @@ def register(app: typer.Typer) -> None:
 
 def load_settings(**overrides: Any) -> Settings:
     """Settings from the environment, with CLI flags on top; errors name the variable."""
+    from pydantic import ValidationError
+
+    from router.errors import ConfigError
+    from router.settings import Settings
+
     try:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
@@ -52,6 +58,8 @@ def load_settings(**overrides: Any) -> Settings:
 
 
 def uvicorn_config(app: Any, host: str, port: int) -> uvicorn.Config:
+    import uvicorn
+
     return uvicorn.Config(
         app,
         host=host,
@@ -87,6 +95,13 @@ def run_until_signal(server: uvicorn.Server) -> None:
 
 
 def run(config: Path | None, host: str | None, port: int | None, insecure_admin: bool) -> int:
+    import uvicorn
+
+    from router import logs
+    from router.app import create_app
+    from router.errors import ConfigError
+    from router.runtime.embedded_redis import EmbeddedRedis, RedisNotFound
+
     try:
         settings = load_settings(
             config_file=config, host=host, port=port, insecure_admin=insecure_admin or None

@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -29,6 +30,7 @@ from rich.live import Live
 from rich.table import Table
 
 from analysis.report import Report, render_html
+from router.cli.tables import Column, fitted
 from router.demo.population import Population
 from router.runtime.embedded_redis import EmbeddedRedis, free_port, stop_process
 
@@ -96,14 +98,45 @@ def _experiments(emulator: str, short: bool) -> list[dict[str, Any]]:
     ]
 
 
+class Workdir:
+    """The demo's folder of configs and logs: removed when the demo succeeds, kept (and its
+    path printed) when it fails or is interrupted, so that a failed run can be diagnosed."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.path = Path(tempfile.mkdtemp(prefix="abgate-demo-"))
+        self.ok = False
+
+    def __enter__(self) -> Workdir:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if self.ok and exc_type is None:
+            shutil.rmtree(self.path, ignore_errors=True)
+            return
+        logs = ", ".join(sorted(str(p.relative_to(self.path)) for p in self.path.rglob("*.log")))
+        self.console.print(
+            f"the demo's logs are kept in {self.path}" + (f" ({logs})" if logs else ""),
+            markup=False,
+            highlight=False,
+        )
+
+
 def run(*, short: bool, reports: Path, timeout: float) -> int:
     console = Console()
+    with Workdir(console) as work:
+        try:
+            code = _run(console, work.path, short=short, reports=reports, timeout=timeout)
+        except RuntimeError as exc:  # a process did not start: its log says why
+            console.print(f"abgate demo: error: {exc}", markup=False, highlight=False)
+            code = 1
+        work.ok = code == 0
+        return code
+
+
+def _run(console: Console, tmp: Path, *, short: bool, reports: Path, timeout: float) -> int:
     token = secrets.token_hex(16)
-    with (
-        tempfile.TemporaryDirectory(prefix="abgate-demo-") as tmp_s,
-        EmbeddedRedis(appendonly=False) as rds,
-    ):
-        tmp = Path(tmp_s)
+    with EmbeddedRedis(appendonly=False, data_dir=tmp / "redis") as rds:
         emu_port, gw_port = free_port(), free_port()
         emu_url, gw_url = f"http://127.0.0.1:{emu_port}", f"http://127.0.0.1:{gw_port}"
         env = {
@@ -190,7 +223,7 @@ async def _drive(
             while time.monotonic() < deadline:
                 await population.run(routes, 30 if short else 40, concurrency=8)
                 data = (await admin.get("/admin/experiments")).json()
-                live.update(_view(data, population))
+                live.update(_view(console, data, population))
                 states = {
                     s["experiment"]["name"]: s["experiment"]["state"] for s in data["experiments"]
                 }
@@ -204,34 +237,32 @@ async def _drive(
     return states
 
 
-def _view(data: dict[str, Any], population: Population) -> Table:
-    table = Table(title=f"abgate demo: {population.stats.users} simulated users so far")
-    for col in (
-        "experiment",
-        "route",
-        "state",
-        "treatment share",
-        "requests c/t",
-        "thumbs-up c/t",
-        "last change",
-    ):
-        table.add_column(col)
+def _view(console: Console, data: dict[str, Any], population: Population) -> Table:
+    columns = [
+        Column("experiment"), Column("route"), Column("state"), Column("share", justify="right"),
+        Column("requests c/t", justify="right"), Column("thumbs-up c/t", justify="right"),
+        Column("last change", "text"),
+    ]  # fmt: skip
+    rows = []
     for s in data["experiments"]:
         e = s["experiment"]
         route = e["route"]
         req = {a: population.stats.requests[(route, a)] for a in ("control", "treatment")}
         up = {a: population.stats.thumbs_up[(route, a)] for a in ("control", "treatment")}
         rate = {a: f"{up[a] / req[a]:.0%}" if req[a] else "-" for a in req}
-        table.add_row(
-            e["name"],
-            route,
-            e["state"],
-            f"{e['treatment_percent']:g}%",
-            f"{req['control']}/{req['treatment']}",
-            f"{rate['control']}/{rate['treatment']}",
-            e["state_reason"][:70],
-        )
-    return table
+        rows.append(
+            [
+                e["name"], route, e["state"], f"{e['treatment_percent']:g}%",
+                f"{req['control']}/{req['treatment']}", f"{rate['control']}/{rate['treatment']}",
+                _clip(e["state_reason"], 100),  # a live view must stay a few lines tall
+            ]
+        )  # fmt: skip
+    title = f"abgate demo: {population.stats.users} simulated users so far"
+    return fitted(console, columns, rows, title=title)
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _finish(

@@ -10,10 +10,12 @@ serving.emulator``) and `run` starts uvicorn. Flags that mirror ``vllm serve``: 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import importlib.util
 import logging
 import math
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
@@ -207,6 +209,21 @@ def build_config(args: argparse.Namespace, settings: EmulatorSettings) -> Emulat
     )
 
 
+class _AnnouncingServer(uvicorn.Server):
+    """uvicorn's server that prints one line once it listens: where to send requests (with the
+    real port when ``--port 0`` let the system choose), so a person or a script starting the
+    emulator knows when and where it is ready."""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if not self.started or not self.servers or not self.servers[0].sockets:
+            return
+        port = self.servers[0].sockets[0].getsockname()[1]
+        host = self.config.host
+        shown = f"[{host}]" if ":" in host else host
+        print(f"emulator listening on http://{shown}:{port}/v1", flush=True)
+
+
 def run(args: argparse.Namespace) -> int:
     """Serve the emulator until interrupted; returns the process exit code."""
     try:
@@ -219,14 +236,17 @@ def run(args: argparse.Namespace) -> int:
     http: Literal["httptools", "auto"] = "auto"
     if importlib.util.find_spec("httptools"):
         http = "httptools"
-    logger.info("vLLM emulator for %s on http://%s:%d", config.model_name, args.host, args.port)
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port,
-        loop=loop,
-        http=http,
-        log_level="warning",
-        access_log=False,
+    server = _AnnouncingServer(
+        uvicorn.Config(
+            app,
+            host=args.host,
+            port=args.port,
+            loop=loop,
+            http=http,
+            log_level="warning",
+            access_log=False,
+        )
     )
-    return 0
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run()
+    return 0 if server.started else 1

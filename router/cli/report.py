@@ -1,0 +1,111 @@
+"""`abgate report NAME`: the experiment's report (metrics, intervals, verdicts, SRM, decisions).
+
+The console view reads the admin API's JSON as it is; the statistics stack (scipy, through
+`analysis.report`) is imported only to render `--html`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from router.cli.common import (
+    DEFAULT_URL,
+    AsJson,
+    Name,
+    Token,
+    Url,
+    admin_client,
+    fail,
+    print_json,
+    say,
+)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("report")
+    def report(
+        name: Name,
+        html_file: Annotated[
+            Path | None, typer.Option("--html", help="also write a self-contained HTML report")
+        ] = None,
+        json_file: Annotated[
+            Path | None, typer.Option("--json-file", help="also write the JSON to this file")
+        ] = None,
+        as_json: AsJson = False,
+        url: Url = DEFAULT_URL,
+        token: Token = None,
+    ) -> None:
+        """The experiment's report: metrics, intervals, verdicts, SRM, decisions."""
+        data = admin_client(url, token).call("GET", f"/admin/experiments/{name}/report")
+        if as_json:
+            print_json(data)
+        else:
+            show(data)
+        if json_file is not None:
+            _write(json_file, json.dumps(data, indent=2, ensure_ascii=False) + "\n", as_json)
+        if html_file is not None:
+            from analysis.report import Report, render_html
+
+            _write(html_file, render_html(Report.model_validate(data)), as_json)
+
+
+def _write(path: Path, content: str, quiet_stdout: bool) -> None:
+    from offline.files import write_atomically
+
+    try:
+        write_atomically(path, content)  # never leave a half-written report behind
+    except OSError as exc:
+        fail(f"cannot write {path}: {exc.strerror}", code=2)
+    if quiet_stdout:  # stdout holds the JSON alone
+        typer.echo(f"wrote {path}", err=True)
+    else:
+        say(f"wrote {path}")
+
+
+def show(rep: dict[str, Any]) -> None:
+    from rich.console import Console
+
+    from router.cli.tables import Column, fitted
+
+    console = Console(highlight=False)
+    units = rep["units"]
+    console.print(  # wraps at spaces: a long model name moves to the next line whole
+        f"{rep['experiment']} ({rep['state']}) route {rep['route']}: {rep['treatment_model']} vs "
+        f"{rep['control_model']} at {rep['treatment_percent']:g}%; "
+        f"units {units.get('control', 0)}/{units.get('treatment', 0)}",
+        markup=False,
+    )
+    columns = [
+        Column("metric"), Column("difference", justify="right"),
+        Column("always-valid 95% CI", justify="right"), Column("verdict"),
+        Column("role", "extra"), Column("control", "extra", "right"),
+        Column("treatment", "extra", "right"),
+    ]  # fmt: skip
+    rows = []
+    for m in rep["metrics"]:
+        ci = m.get("always_valid")
+        interval = "-" if ci is None else f"[{ci['low']:.4g}, {ci['high']:.4g}]"
+        rows.append(
+            [
+                m["metric"], _num(m.get("difference")), interval, m["verdict"], m["role"],
+                _num(m.get("control")), _num(m.get("treatment")),
+            ]
+        )  # fmt: skip
+    console.print(fitted(console, columns, rows))
+    srm = rep["srm"]
+    if srm["status"] == "ok":
+        line = f"SRM: {'MISMATCH' if srm['mismatch'] else 'ok'} (p = {_num(srm.get('p_value'))})"
+    else:
+        line = f"SRM: insufficient data ({srm.get('reason', '')})"
+    console.print(line, markup=False)
+    for d in rep["decisions"]:
+        why = "; ".join(d["reasons"])
+        console.print(f"  {d['action']} at {d['share']:g}%: {why}", markup=False)
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
