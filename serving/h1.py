@@ -140,6 +140,12 @@ class _Conn(asyncio.Protocol):
         if not self.status:  # trailers, after the final head, are dropped
             self.headers.append((name, value))
 
+    def on_message_begin(self) -> None:
+        if self.complete:
+            # bytes of another message came in the same read as the end of this one: this
+            # response is whole, but the connection is mid-message and must not be reused
+            self.keep_alive = False
+
     def on_headers_complete(self) -> None:
         if self.complete:
             raise _Stop  # a second response to one request

@@ -112,7 +112,9 @@ async def check(
     if isinstance(got, str):
         return Verdict(alive=False, check=CHECK_HEALTH, reason=got)
     status = got[0]
-    if status in _ABSENT:
+    if status in _ABSENT or status in (401, 403):
+        # no health endpoint here, or one behind a key (LiteLLM's): the server answered, so
+        # the model list decides
         return await _models_instead(session, base_url, limit)
     if not 200 <= status < 300:
         return Verdict(alive=False, check=CHECK_HEALTH, reason=f"status_{status}")

@@ -79,11 +79,17 @@ class ConfigFollower:
             self.settings.unit_id_headers,
             self.settings.feedback_window_seconds,
         )
+        configured: set[str] = set()
         for exp in table.routes.values():  # create the pooled clients now, not per request
             for arm in (exp.control, exp.treatment):
                 self.replicas.configure(arm.urls, arm.target.health_path)
+                configured.update(arm.urls)
         if table.default_upstream is not None:
-            self.replicas.configure((table.default_upstream.base_url,))
+            url = table.default_upstream.base_url
+            if url in configured:  # a target's own health_path wins over the default's
+                self.replicas.set_for((url,))
+            else:
+                self.replicas.configure((url,))
         self.table = table
         self.breakers.forget({(e.name, e.version) for e in table.routes.values()})
         self.loaded = True

@@ -101,7 +101,12 @@ class RawUpstream:
         self.loop.close()
 
     def release_stalled(self) -> None:
-        self.loop.call_soon_threadsafe(self.unstall.set)
+        """Release the responses stalled so far; later ones stall again (test order free)."""
+        self.loop.call_soon_threadsafe(self._release)
+
+    def _release(self) -> None:
+        stalled, self.unstall = self.unstall, asyncio.Event()
+        stalled.set()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: Writer) -> None:
         try:

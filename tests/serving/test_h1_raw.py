@@ -240,6 +240,15 @@ async def test_a_second_response_nobody_asked_for_closes_the_connection() -> Non
     assert raw.connections == 2
 
 
+async def test_part_of_a_second_response_in_the_same_read_retires_the_connection() -> None:
+    """The first answer is whole, but the connection is mid-message: never reuse it."""
+    raw = Raw(OK + b"HTTP/1.1 200 OK\r\nContent-Le", OK)
+    async with serve(raw) as pool:
+        assert (await exchange(pool))[1] == b"ok"
+        assert (await exchange(pool))[1] == b"ok"
+    assert raw.connections == 2
+
+
 async def test_bytes_on_an_idle_connection_retire_it() -> None:
     async def then_more(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(OK)

@@ -245,3 +245,13 @@ async def test_passive_ejection_is_lifted_by_a_request_that_succeeds(
     async with await replicas.post("/chat/completions", b"{}", [], model=None) as resp:
         assert resp.status == 200
     assert replica.state() == "healthy"
+
+
+async def test_a_health_endpoint_behind_a_key_is_judged_by_the_model_list(
+    serve: Serve, pool: ReplicaPool
+) -> None:
+    """LiteLLM's /health wants a key: a 401 there means the server answered, not 'down'."""
+    server = await serve({"/health": status(401), "/v1/models": status(401)})
+    replica = pool.configure((server.url(),)).replicas[0]
+    await pool.check(replica)
+    assert replica.state() == "healthy"
