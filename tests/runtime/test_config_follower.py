@@ -138,3 +138,22 @@ async def test_watch_follows_published_changes_and_updates_the_unit_gauges(
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def test_a_targets_health_path_wins_over_the_default_upstreams(
+    settings: Settings, aredis: aioredis.Redis, replicas: ReplicaPool, metrics: GatewayMetrics
+) -> None:
+    """The default upstream is often the same server as a target: configured after the
+    targets, it must not put /health back on a replica whose target switched checks off."""
+    url = "http://127.0.0.1:9/v1"
+    base = experiment("hp", "hp-route", url)
+    exp = base.model_copy(
+        update={
+            "control": base.control.model_copy(update={"health_path": None}),
+            "treatment": base.treatment.model_copy(update={"health_path": None}),
+        }
+    )
+    file_config = ConfigFile.model_validate({"default_upstream": {"base_url": url}})
+    follower = _follower(settings, aredis, replicas, metrics, file_config)
+    follower.apply(ConfigDoc(1, {exp.name: exp}))
+    assert replicas.replica(url).health_path is None
