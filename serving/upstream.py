@@ -240,16 +240,6 @@ class Upstream:
         except TimeoutError as exc:
             raise UpstreamTimeout(f"GET {path} timed out", base_url=self.base_url) from exc
 
-    async def ping(self, path: str, *, limit: float, root: bool = False) -> bool:
-        """GET `path` answers 200 within `limit` seconds (root: from the server root, not /v1)."""
-        url = (_server_root(self.base_url) if root else self.base_url) + path
-        try:
-            async with self._session.get(url, timeout=aiohttp.ClientTimeout(total=limit)) as resp:
-                await resp.read()
-                return resp.status == 200
-        except (aiohttp.ClientError, TimeoutError):
-            return False
-
     async def call(
         self,
         method: str,
@@ -282,11 +272,6 @@ class Upstream:
         if self._h1 is not None:
             self._h1.close()
         await self._session.close()
-
-
-def _server_root(base_url: str) -> str:
-    """`http://vllm:8000/v1` -> `http://vllm:8000` (vLLM's /health lives at the root)."""
-    return base_url[: -len("/v1")] if base_url.endswith("/v1") else base_url
 
 
 class UpstreamPool:

@@ -21,12 +21,14 @@ def register(app: typer.Typer) -> None:
         timeout: Annotated[float, typer.Option(help="give up after this many seconds")] = 300,
     ) -> None:
         """Run the whole system locally: two experiments, a controller, simulated users."""
-        try:
-            from router.demo.run import run
-        except ModuleNotFoundError as exc:  # the simulated users need the dev extra's openai
+        import importlib.util
+
+        if importlib.util.find_spec("openai") is None:  # the simulated users' client (dev extra)
             fail(
-                f"the demo needs {exc.name!r}, part of the dev extra: pip install -e '.[dev]' "
+                "the demo needs 'openai', part of the dev extra: pip install -e '.[dev]' "
                 "from a checkout",
                 code=2,
             )
+        from router.demo.run import run
+
         raise typer.Exit(run(short=short, reports=reports, timeout=timeout))

@@ -13,11 +13,14 @@ import asyncio
 import random
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import httpx
-import openai
 
 from serving.emulator import is_good_answer
+
+if TYPE_CHECKING:
+    import openai
 
 QUESTIONS = (
     "My order {n} has not arrived, what can I do?",
@@ -47,6 +50,8 @@ class Population:
 
     async def run(self, routes: list[str], users: int, concurrency: int = 8) -> PopulationStats:
         """`users` new users, each on every route in `routes`."""
+        import openai  # the dev extra: only the demo's simulated users need it
+
         start, self._next = self._next, self._next + users
         sem = asyncio.Semaphore(concurrency)
         async with (
@@ -67,6 +72,8 @@ class Population:
     async def _user(
         self, client: openai.AsyncOpenAI, http: httpx.AsyncClient, route: str, user: str
     ) -> None:
+        from openai import APIError
+
         for _ in range(self.requests_per_user):
             question = self.rng.choice(QUESTIONS).format(n=self.rng.randrange(10**9))
             try:
@@ -76,7 +83,7 @@ class Population:
                     extra_headers={"X-User-Id": user},
                 )
                 answer = raw.parse().choices[0].message.content or ""
-            except openai.APIError as exc:
+            except APIError as exc:
                 self.stats.errors.append(f"{route}: {exc.__class__.__name__}: {exc}")
                 continue
             arm = raw.headers.get("x-abgate-arm", "")

@@ -144,11 +144,12 @@ def healthcheck_command() -> list[str]:
     return yaml.safe_load(line.split(" CMD ", 1)[1])  # type: ignore[no-any-return]
 
 
-def require_tool(name: str) -> str:
-    """The path of a command-line tool; skips without it, except in CI (.ci/run installs it)."""
-    path = shutil.which(name) or shutil.which(name, path="/usr/bin")
+def require_tool(name: str, package: str = "prometheus") -> str:
+    """The path of a command-line tool (also in /usr/sbin, where Debian puts daemons); skips
+    without it, except in CI, where .ci/run installs Debian's `package`."""
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin:/sbin:/bin")
     if path is None:
         if os.environ.get("CI") == "true":
-            raise AssertionError(f"{name} is required in CI (.ci/run installs Debian's prometheus)")
-        pytest.skip(f"{name} is not installed (Debian: apt-get install prometheus)")
+            raise AssertionError(f"{name} is required in CI (.ci/run installs Debian's {package})")
+        pytest.skip(f"{name} is not installed (Debian: apt-get install {package})")
     return path

@@ -32,7 +32,7 @@ import redis
 import yaml
 
 from router.runtime.embedded_redis import EmbeddedRedis, free_port, stop_process
-from tests.deploy.artifacts import DEPLOY, ROOT
+from tests.deploy.artifacts import DEPLOY, ROOT, require_tool
 from tests.install.shipped import cache_dir, locked
 from tests.procs import Proc, emulator, experiment, write_config
 
@@ -54,12 +54,11 @@ ENV PIP_CERT={HOST_CA} SSL_CERT_FILE={HOST_CA} REQUESTS_CA_BUNDLE={HOST_CA}
 
 
 def _tool(name: str) -> str:
-    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin:/sbin:/bin")
-    if path is None or os.geteuid() != 0:
-        why = f"{name} is not installed" if path is None else "Docker's engine needs root"
+    path = require_tool(name, "docker.io debootstrap")
+    if os.geteuid() != 0:
         if os.environ.get("CI") == "true":
-            raise AssertionError(f"{why} (.ci/run installs Debian's docker.io and debootstrap)")
-        pytest.skip(f"{why} (Debian: apt-get install docker.io debootstrap)")
+            raise AssertionError("Docker's engine needs root (CI runs as root)")
+        pytest.skip("Docker's engine needs root")
     return path
 
 

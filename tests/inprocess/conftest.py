@@ -82,20 +82,6 @@ async def _until(predicate: Callable[[], bool], limit: float) -> None:
         await asyncio.sleep(0.005)
 
 
-def experiment(
-    name: str, route: str, upstream: str, percent: float, **extra: Any
-) -> dict[str, Any]:
-    """An experiment document: control ``base``, treatment ``lora-a``, both on `upstream`."""
-    return {
-        "name": name,
-        "route": route,
-        "control": {"base_url": upstream + "/v1", "model": "base"},
-        "treatment": {"base_url": upstream + "/v1", "model": "lora-a"},
-        "treatment_percent": percent,
-        **extra,
-    }
-
-
 @dataclass
 class Gate:
     """A started in-process gateway and an HTTP client bound to it."""

@@ -8,7 +8,8 @@ import pytest
 import redis
 
 from router import keys
-from tests.inprocess.conftest import Gate, GatewayFactory, experiment
+from tests.inprocess.conftest import Gate, GatewayFactory
+from tests.procs import experiment
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

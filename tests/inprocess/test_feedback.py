@@ -10,7 +10,8 @@ import pytest
 import redis
 
 from router import keys
-from tests.inprocess.conftest import Gate, GatewayFactory, arm_totals, experiment
+from tests.inprocess.conftest import Gate, GatewayFactory, arm_totals
+from tests.procs import experiment
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

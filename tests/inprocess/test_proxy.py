@@ -12,7 +12,8 @@ import pytest
 import redis
 
 from router import keys
-from tests.inprocess.conftest import GatewayFactory, arm_totals, experiment, serve_emulator
+from tests.inprocess.conftest import GatewayFactory, arm_totals, serve_emulator
+from tests.procs import experiment
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

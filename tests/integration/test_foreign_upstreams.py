@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import threading
@@ -27,6 +26,7 @@ import openai
 import pytest
 
 from router.runtime.embedded_redis import EmbeddedRedis, free_port, stop_process
+from tests.deploy.artifacts import require_tool
 from tests.procs import Proc, emulator, gateway
 
 pytestmark = pytest.mark.integration
@@ -177,13 +177,7 @@ def nginx(tmp_path_factory: pytest.TempPathFactory, emu: Proc) -> Iterator[dict[
 
 
 def _nginx() -> str:
-    """nginx's path; skips without it, except in CI (.ci/run installs Debian's nginx-light)."""
-    path = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/bin")
-    if path is None:
-        if os.environ.get("CI") == "true":
-            raise AssertionError("nginx is required in CI (.ci/run installs nginx-light)")
-        pytest.skip("nginx is not installed (Debian: apt-get install nginx-light)")
-    return path
+    return require_tool("nginx", "nginx-light")
 
 
 def _answers(url: str) -> bool:
