@@ -1,102 +1,214 @@
-"""Byte-exact edits of a JSON request body.
+"""Byte-exact edits of a JSON request body, and the check that its top-level keys are unique.
 
 The gateway forwards the client's body byte for byte except the deliberate rewrites (the
 `model` of the chosen arm, and asking for usage on streams). Rebuilding the body from a schema
-would drop vLLM's extension fields and change number formatting, so instead the top-level
-members are located with one pass of a C-level regular expression over the structural tokens
-(strings and brackets; numbers and literals need no tokens), and the value spans are replaced.
-The body must already have been parsed successfully (it is valid JSON with an object at the top).
+would drop vLLM's extension fields and change number formatting, so instead the value spans of
+top-level members are located and replaced.
+
+One parse, one truth: the gateway routes on orjson's parse, and a model server may read a
+repeated key differently (first or last wins), so a body whose top-level keys are not unique is
+refused (`check_members`). Two ways to prove them unique:
+
+- **Fast** (the common body: plain keys such as `model`, `messages`, `max_tokens`). A key of
+  letters, digits, `_` and `-` written without a `\\u` escape has one spelling, ``"key"``.
+  When no key anywhere in the body holds a `\\u` escape, one C-level regular-expression pass
+  finds every occurrence of the parsed keys' literals; if there are exactly as many as keys, each
+  key is written once, and its one occurrence is the member itself. No literal can hide another:
+  a literal's quote that is no escape is a string's opening or closing quote, the byte before a
+  key's opening quote is `{`, `,` or whitespace and the byte after a closing quote never is a
+  letter, digit, `_` or `-`.
+- **Full scan** otherwise: one pass of a C-level regular expression over the structural tokens
+  (strings and brackets; numbers and literals need no tokens), decoding escaped keys. A literal
+  that merely occurs twice (`{"role": "model"}` in a message) only costs this scan.
+
+The body must already have been parsed successfully (valid JSON with an object at the top).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from typing import Any
 
 import orjson
 
+from router.errors import InvalidRequest
+
 # A JSON string (unrolled: runs of plain bytes are matched in one step) or a structural byte.
 _TOKENS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[{}\[\],:]', re.DOTALL)
+# The rest of a string from a backslash inside it: see `_escaped_key`.
+_STRING_REST = re.compile(rb'[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+# A string value after its key (the colon, then the string)
+_STRING_VALUE = re.compile(rb'[ \t\r\n]*:[ \t\r\n]*("[^"\\]*(?:\\.[^"\\]*)*")', re.DOTALL)
+# The next bracket inside a nested value, past the strings, other bytes and containers up to
+# two levels deep before it (a message object, its list of content parts) in one C-level match.
+_STR = rb'"[^"\\]*+(?:\\.[^"\\]*+)*+"'
+_FLAT = rb'[\[{](?:[^"\[\]{}]++|' + _STR + rb")*+[\]}]"
+_TWO = rb'[\[{](?:[^"\[\]{}]++|' + _STR + b"|" + _FLAT + rb")*+[\]}]"
+_NEXT_BRACKET = re.compile(rb'(?:[^"\[\]{}]++|' + _STR + b"|" + _TWO + rb")*+[\[\]{}]", re.DOTALL)
+_BACKSLASH_U = re.compile(rb"\\u")
+_COLON = re.compile(rb"[ \t\r\n]*:[ \t\r\n]*")  # between a key and its value
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_FAST_KEYS = 32  # more top-level keys than this: scanned
+_ESCAPED_STRINGS = 16  # more strings with a `\u` than this: scanned
+MAX_MEMBERS = 1024  # top-level keys of a request body, at most (bounds the scan's work)
+_MODEL = b'"model"'
 _WS = b" \t\r\n"
-_MODEL_KEY = frozenset((b'"model"',))
-_MODEL_AND_OPTIONS = frozenset((b'"model"', b'"stream_options"'))
 _USAGE_ON = b'"stream_options":{"include_usage":true}'
+_SHOWN = 64  # characters of a repeated key named in the error
+
+Span = tuple[int, int]
 
 
-def top_level_spans(body: bytes, keys: frozenset[bytes]) -> dict[bytes, tuple[int, int]]:
-    """Spans ``[start, end)`` of the values of the wanted top-level keys.
+class Members:
+    """Where the top-level members of a body whose keys were proved unique are.
 
-    `keys` are JSON string literals as they appear unescaped, e.g. ``b'"model"'``. A key
-    written with escapes is decoded before comparison. Stops as soon as all keys were found.
-    """
-    found: dict[bytes, tuple[int, int]] = {}
+    `spans` is None on the fast path: `model`'s value is then found from its key's one
+    occurrence (`model_at`), anything else by a full scan when first needed."""
+
+    __slots__ = ("model_at", "raw", "spans")
+
+    def __init__(self, raw: bytes, spans: dict[str, Span] | None, model_at: int = -1) -> None:
+        self.raw = raw
+        self.spans = spans
+        self.model_at = model_at
+
+    def span(self, key: str) -> Span | None:
+        """The span ``[start, end)`` of the value of top-level `key`; None when absent."""
+        if self.spans is None:
+            if key == "model" and self.model_at >= 0:
+                quick = _string_after(self.raw, self.model_at + len(_MODEL))
+                if quick is not None:
+                    return quick
+            self.spans = top_level_members(self.raw)
+        return self.spans.get(key)
+
+
+def check_members(raw: bytes, data: dict[str, Any]) -> Members:
+    """Prove the top-level keys of `raw` (parsed as `data`) unique; a repeated key is the
+    client's error (400, `param` names the key), and so are more than `MAX_MEMBERS` keys."""
+    if len(data) > MAX_MEMBERS:
+        raise InvalidRequest(
+            f"the request body has {len(data)} top-level keys; this gateway accepts at most "
+            f"{MAX_MEMBERS}"
+        )
+    model_at = _fast_proof(raw, data)
+    if model_at is not None:
+        return Members(raw, None, model_at)
+    return Members(raw, top_level_members(raw))
+
+
+def _fast_proof(raw: bytes, data: dict[str, Any]) -> int | None:
+    """The fast proof (module docstring): where the `model` key's literal is (-1: no `model`),
+    or None when the proof cannot be made and the body must be scanned."""
+    if len(data) > _FAST_KEYS:
+        return None
+    literals = _literals(tuple(data))
+    if literals is None:
+        return None
+    at = raw.find(b"\\")  # memchr: most bodies have no escape at all
+    if at >= 0 and _escaped_key(raw, at):
+        return None
+    if len(literals.findall(raw)) != len(data):
+        return None
+    return raw.find(_MODEL) if "model" in data else -1  # the one occurrence
+
+
+@functools.lru_cache(maxsize=256)
+def _literals(keys: tuple[str, ...]) -> re.Pattern[bytes] | None:
+    """One pattern for the literals of these keys; None when one is not plain. Cached: a
+    client sends the same keys request after request."""
+    if not all(_PLAIN_KEY.fullmatch(k) for k in keys):
+        return None
+    return re.compile(b'"(?:' + b"|".join(k.encode() for k in keys) + b')"')
+
+
+def _escaped_key(raw: bytes, at: int) -> bool:
+    """Whether a string holding the bytes ``\\u`` is followed by a colon (is a key, at any
+    depth); `at` is the first backslash. Each such string is read once from its first ``\\u``
+    to its end: linear.
+
+    A backslash is always inside a string. Reading escapes from the found backslash gives the
+    string's true end whether or not that backslash starts an escape (when it ends a ``\\\\``
+    pair, the next byte is a plain ``u`` and both readings agree from the byte after it)."""
+    found = _BACKSLASH_U.search(raw, at)
+    for _ in range(_ESCAPED_STRINGS):
+        if found is None:
+            return False
+        rest = _STRING_REST.match(raw, found.start())
+        if rest is None or _COLON.match(raw, rest.end()):
+            return True  # (None: not valid JSON; cannot happen after a successful parse)
+        found = _BACKSLASH_U.search(raw, rest.end())
+    return found is not None  # many escaped strings: the scan passes over them in C
+
+
+def _string_after(raw: bytes, key_end: int) -> Span | None:
+    """The span of the string value whose key ends at `key_end`; None if it is no string."""
+    value = _STRING_VALUE.match(raw, key_end)
+    return None if value is None else value.span(1)
+
+
+def top_level_members(body: bytes) -> dict[str, Span]:
+    """Spans ``[start, end)`` of the values of every top-level member, by decoded key.
+
+    A key written with escapes is decoded; a key that occurs twice is refused (400). Inside a
+    nested value only its brackets are visited, each found by one C-level match that passes
+    over the strings and other bytes before it."""
+    found: dict[str, Span] = {}
     depth = 0
     expect_key = False
-    pending: bytes | None = None  # key whose value starts after the next ':'
-    value_start = -1
-    for m in _TOKENS.finditer(body):
+    pending: str | None = None  # key whose value starts after the next ':'
+    value_start = pos = 0
+    while True:
+        if depth > 1:
+            bracket = _NEXT_BRACKET.match(body, pos)
+            if bracket is None:  # not valid JSON; cannot happen after a successful parse
+                break
+            pos = bracket.end()
+            depth += 1 if body[pos - 1] in b"[{" else -1
+            continue
+        m = _TOKENS.search(body, pos)
+        if m is None:
+            break
+        pos = m.end()
         tok = m.group()
         c = tok[0]
         if c == 0x22:  # '"'
             if depth == 1 and expect_key:
                 expect_key = False
-                name = tok if b"\\" not in tok else orjson.dumps(orjson.loads(tok))
-                pending = name if name in keys else None
-            continue
-        if c == 0x3A:  # ':'
-            if depth == 1 and pending is not None:
-                value_start = m.end()
-            continue
-        if c in (0x7B, 0x5B):  # '{' '['
+                pending = orjson.loads(tok) if b"\\" in tok else tok[1:-1].decode()
+                if pending in found:
+                    raise _repeated(pending)
+        elif c == 0x3A:  # ':'
+            value_start = pos
+        elif c in (0x7B, 0x5B):  # '{' '['
             depth += 1
-            if depth == 1:
-                expect_key = c == 0x7B
-            continue
-        if c in (0x7D, 0x5D) and depth > 1:  # closing a nested value
-            depth -= 1
-            continue
-        # ',' at any depth, or the closing bracket of the top-level object
-        if depth == 1 and pending is not None and value_start >= 0:
-            start, end = value_start, m.start()
-            while start < end and body[start] in _WS:
-                start += 1
-            while end > start and body[end - 1] in _WS:
-                end -= 1
-            found[pending] = (start, end)
-            pending = None
-            value_start = -1
-            if len(found) == len(keys):
-                return found
-        if c == 0x2C:
-            if depth == 1:
-                expect_key = True
-        else:
-            depth -= 1
+            expect_key = depth == 1 and c == 0x7B
+        else:  # ',' or the top-level object's closing brace
+            if pending is not None:
+                found[pending] = _trimmed(body, value_start, m.start())
+                pending = None
+            if c != 0x2C:
+                break
+            expect_key = True
     return found
 
 
-def model_span(body: bytes, alias: bytes) -> tuple[int, int] | None:
-    """Span of the top-level `model` value when it can be found without a scan: the body holds
-    exactly one `"model": <alias>` (the top-level member is there, so a single match is it).
-    `alias` is the JSON string literal; None means: use `top_level_spans`."""
-    found = None
-    start = 0
-    while (at := body.find(b'"model"', start)) >= 0:
-        start = at + 7
-        i = start
-        while i < len(body) and body[i] in b" \t\r\n":
-            i += 1
-        if i >= len(body) or body[i] != 0x3A:  # ':'
-            continue
-        i += 1
-        while i < len(body) and body[i] in b" \t\r\n":
-            i += 1
-        if body.startswith(alias, i):
-            if found is not None:
-                return None  # more than one: let the scanner decide
-            found = (i, i + len(alias))
-    return found
+def _trimmed(body: bytes, start: int, end: int) -> Span:
+    while start < end and body[start] in _WS:
+        start += 1
+    while end > start and body[end - 1] in _WS:
+        end -= 1
+    return start, end
+
+
+def _repeated(key: str) -> InvalidRequest:
+    shown = key if len(key) <= _SHOWN else key[:_SHOWN] + "..."
+    return InvalidRequest(
+        f"the request body has the top-level key `{shown}` more than once; send each key once",
+        param=shown,
+    )
 
 
 def closing_brace(body: bytes) -> int:
@@ -119,40 +231,34 @@ def rewrite(body: bytes, edits: list[tuple[int, int, bytes]]) -> bytes:
 
 
 def edit_request(
-    raw: bytes,
+    members: Members,
     *,
     stream: bool,
     client_wants_usage: bool,
     model_json: bytes | None,
     has_options: bool,
-    alias: bytes | None = None,
 ) -> bytes:
     """The body to forward: `model` rewritten to `model_json` (None: kept) and, on streams
     whose client did not ask for it, the usage chunk requested.
 
-    `has_options`: the parsed body has a top-level `stream_options`; `alias`: the client's
-    `model` as a JSON string literal, for the scan-free fast path (`model_span`)."""
-    if model_json is None and (not stream or client_wants_usage):
+    `has_options`: the parsed body has a top-level `stream_options` (an object or null)."""
+    raw = members.raw
+    ask_usage = stream and not client_wants_usage
+    if model_json is None and not ask_usage:
         return raw
-    # look only for the keys that are there, so the scan can stop at the last one it needs
-    need_options = stream and not client_wants_usage and has_options
-    quick = None if need_options or alias is None else model_span(raw, alias)
-    if quick is not None:
-        spans = {b'"model"': quick}
-    else:
-        spans = top_level_spans(raw, _MODEL_AND_OPTIONS if need_options else _MODEL_KEY)
     edits: list[tuple[int, int, bytes]] = []
     if model_json is not None:
-        start, end = spans[b'"model"']
-        edits.append((start, end, model_json))
-    if stream and not client_wants_usage:
-        span = spans.get(b'"stream_options"')
-        if need_options and span is not None:
-            start, end = span
-            opts = orjson.loads(raw[start:end])
+        span = members.span("model")
+        if span is None:  # cannot happen: the plan checked that `model` is there
+            raise InvalidRequest("you must provide a model parameter (a string)", param="model")
+        edits.append((*span, model_json))
+    if ask_usage:
+        span = members.span("stream_options") if has_options else None
+        if span is not None:
+            opts = orjson.loads(raw[span[0] : span[1]])
             opts = dict(opts) if isinstance(opts, dict) else {}
             opts["include_usage"] = True
-            edits.append((start, end, orjson.dumps(opts)))
+            edits.append((*span, orjson.dumps(opts)))
         else:
             brace = closing_brace(raw)
             edits.append((brace, brace, b"," + _USAGE_ON))

@@ -138,7 +138,7 @@ async def _fall_back(
         await resp.__aexit__(None, None, None)
     control = exp.control
     body = edit_request(
-        plan.raw,
+        plan.members,
         stream=plan.stream,
         client_wants_usage=plan.client_wants_usage,
         model_json=control.model_json,

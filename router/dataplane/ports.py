@@ -22,6 +22,13 @@ class ProxySettings(Protocol):
     def max_body_bytes(self) -> int: ...
 
     @property
+    def max_unit_id_bytes(self) -> int: ...
+
+    @property
+    def direct_arm_models(self) -> str:
+        """ "allow", "refuse_treatment" or "refuse" (router/dataplane/plan.py)."""
+
+    @property
     def client_write_timeout(self) -> float:
         """Seconds one send of a stream to its client may wait (router/dataplane/sse.py)."""
 

@@ -67,6 +67,11 @@ class RoutingTable:
     routes: dict[str, CompiledExperiment] = field(default_factory=dict)
     experiments: dict[str, Experiment] = field(default_factory=dict)
     default_upstream: DefaultUpstream | None = None
+    # Upstream models of the experiments' arms, which `direct_arm_models` may refuse to send
+    # to the default upstream (a client naming one would bypass the experiment): treatments'
+    # (less any that is also a control's), and every arm's.
+    treatment_models: frozenset[str] = frozenset()
+    arm_models: frozenset[str] = frozenset()
 
 
 def _compile_arm(arm: Arm, target: Target) -> CompiledArm:
@@ -113,9 +118,13 @@ def compile_table(
             capture_rate=exp.capture.rate if exp.capture else 0.0,
             redactor=Redactor.from_config(exp.capture.redact) if exp.capture else None,
         )
+    controls = frozenset(e.control.model for e in experiments)
+    treatments = frozenset(e.treatment.model for e in experiments)
     return RoutingTable(
         version=version,
         routes=routes,
         experiments={e.name: e for e in experiments},
         default_upstream=default_upstream,
+        treatment_models=treatments - controls,
+        arm_models=treatments | controls,
     )

@@ -1,16 +1,25 @@
-"""Byte-exact body edits: the located spans are exactly the top-level values."""
+"""Byte-exact body edits: the located spans are exactly the top-level values, repeated top-level
+keys are refused however they are spelled, and the fast proof agrees with the full scan."""
 
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from router.dataplane.body import edit_request, rewrite, top_level_spans
-
-KEYS = frozenset((b'"model"', b'"stream_options"'))
+from router.dataplane.body import (
+    Members,
+    check_members,
+    edit_request,
+    rewrite,
+    top_level_members,
+)
+from router.errors import InvalidRequest
+from tests.jsontext import VALUES, WHITESPACE, obj, parse_pairs, spelled, string
 
 scalars = (
     st.none()
@@ -23,6 +32,44 @@ values = st.recursive(
     scalars,
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
 )
+
+
+def _members(raw: bytes) -> Members:
+    """The checked members of `raw`, as the request path gets them."""
+    return check_members(raw, orjson.loads(raw))
+
+
+def _slow(raw: bytes) -> Members:
+    """The same, always by the full scan."""
+    return Members(raw, top_level_members(raw))
+
+
+def _edit(
+    raw: bytes | Members,
+    *,
+    stream: bool = False,
+    model_json: bytes | None = None,
+    has_options: bool = False,
+) -> bytes:
+    """`edit_request` for a client that did not ask for usage itself."""
+    return edit_request(
+        raw if isinstance(raw, Members) else _members(raw),
+        stream=stream,
+        client_wants_usage=False,
+        model_json=model_json,
+        has_options=has_options,
+    )
+
+
+def _refused_key(raw: bytes) -> str | None:
+    """The key named by the 400 for `raw`, or None when it is accepted."""
+    try:
+        _members(raw)
+    except InvalidRequest as exc:
+        assert exc.status == 400 and exc.type == "invalid_request_error"
+        assert f"`{exc.param}` more than once" in exc.message
+        return exc.param
+    return None
 
 
 @settings(max_examples=300, deadline=None)
@@ -39,33 +86,16 @@ def test_spans_locate_top_level_values(
     items = [("model", model), *doc.items()] if model_first else [*doc.items(), ("model", model)]
     ordered = dict(items)
     raw = (json.dumps(ordered, separators=(sep, ": ")) if sep else json.dumps(ordered)).encode()
-    spans = top_level_spans(raw, KEYS)
-    start, end = spans[b'"model"']
-    assert orjson.loads(raw[start:end]) == model
+    spans = top_level_members(raw)
+    assert set(spans) == set(ordered)
+    for key, (start, end) in spans.items():
+        assert orjson.loads(raw[start:end]) == orjson.loads(orjson.dumps(ordered[key]))
+    start, end = spans["model"]
     replaced = rewrite(raw, [(start, end, orjson.dumps("target"))])
     parsed = orjson.loads(replaced)
     assert parsed["model"] == "target"
     assert {k: v for k, v in parsed.items() if k != "model"} == orjson.loads(
         orjson.dumps({k: v for k, v in ordered.items() if k != "model"})
-    )
-
-
-def _edit(
-    raw: bytes,
-    *,
-    stream: bool = False,
-    model_json: bytes | None = None,
-    has_options: bool = False,
-    alias: bytes | None = None,
-) -> bytes:
-    """`edit_request` for a client that did not ask for usage itself."""
-    return edit_request(
-        raw,
-        stream=stream,
-        client_wants_usage=False,
-        model_json=model_json,
-        has_options=has_options,
-        alias=alias,
     )
 
 
@@ -82,6 +112,9 @@ def test_usage_is_requested_on_streams_only() -> None:
     explicit_off = b'{"model":"a","stream":true,"stream_options":{"include_usage":false,"x":1}}'
     out = orjson.loads(_edit(explicit_off, stream=True, model_json=b'"b"', has_options=True))
     assert out["stream_options"] == {"include_usage": True, "x": 1}
+    null = b'{"model":"a","stream":true,"stream_options" : null }'
+    out = orjson.loads(_edit(null, stream=True, model_json=b'"b"', has_options=True))
+    assert out["stream_options"] == {"include_usage": True}
     assert _edit(b'{"model":"a"}') == b'{"model":"a"}'
 
 
@@ -90,16 +123,156 @@ def test_usage_is_requested_on_streams_only() -> None:
 def test_fast_path_agrees_with_the_scanner(doc: dict[str, object], alias: str, first: bool) -> None:
     doc = {k: v for k, v in doc.items() if k != "model"}
     items = [("model", alias), *doc.items()] if first else [*doc.items(), ("model", alias)]
-    raw = json.dumps(dict(items)).encode()
-    fast = _edit(raw, model_json=b'"t"', alias=orjson.dumps(alias))
-    slow = _edit(raw, model_json=b'"t"')
-    assert fast == slow
-    nested = json.dumps({"messages": [{"model": alias}], "model": alias}).encode()
-    assert _edit(nested, model_json=b'"t"', alias=orjson.dumps(alias)) == _edit(
-        nested, model_json=b'"t"'
-    )
+    for raw in (
+        json.dumps(dict(items)).encode(),
+        json.dumps(dict(items), ensure_ascii=False).encode(),
+        json.dumps({"messages": [{"model": alias}], "model": alias}).encode(),
+    ):
+        assert _edit(raw, model_json=b'"t"') == _edit(_slow(raw), model_json=b'"t"')
+
+
+# -- one parse, one truth ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        (b'{"model":"support-bot","model":"support-bot"}', "model"),
+        (b'{"model":"a","messages":[],"model":"b"}', "model"),
+        (b'{"mod\\u0065l":"a","model":"b"}', "model"),  # an escaped key is the same key
+        (b'{"model":"a","\\u006D\\u006f\\u0064\\u0065\\u006c":"b"}', "model"),
+        (b'{"model":"a", "stream":true ,\n"stream" : false}', "stream"),
+        (b'{"a/b":1,"model":"a","a\\/b":2}', "a/b"),  # `\/` is `/`
+        (b'{"a\\/b":1,"model":"a","a\\/b":2}', "a/b"),
+        (b'{"x\\"y":1,"x\\u0022y":2,"model":"m"}', 'x"y'),
+        (b'{"":1,"model":"m","":2}', ""),
+    ],
+)
+def test_repeated_top_level_keys_are_refused_however_spelled(raw: bytes, key: str) -> None:
+    assert _refused_key(raw) == key
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"model":"a","messages":[{"model":"b","model":"c"}]}',  # nested repeats: not ours
+        b'{"model":"a","messages":[{"role":"user","content":"\\"model\\":\\"a\\""}]}',
+        b'{"model":"a","m":{"model":{"model":"a"}}}',
+    ],
+)
+def test_repeats_below_the_top_level_are_forwarded(raw: bytes) -> None:
+    assert _refused_key(raw) is None
+    assert orjson.loads(_edit(raw, model_json=b'"t"'))["model"] == "t"
+
+
+def test_a_long_repeated_key_is_named_shortly() -> None:
+    key = "k" * 10_000
+    raw = f'{{"model":"a","{key}":1,"{key}":2}}'.encode()
+    named = _refused_key(raw)
+    assert named is not None and named.startswith("kkk") and len(named) < 100
+
+
+@pytest.mark.parametrize(
+    ("raw", "model"),
+    [
+        # the escaped value is the alias; the whole literal is replaced
+        (b'{"model":"support\\u002dbot","messages":[]}', "support-bot"),
+        # an escaped key is the top-level model
+        (b'{"m\\u006fdel" : "support-bot"}', "support-bot"),
+        # model nested in a message before the top-level one
+        (b'{"messages":[{"model":"support-bot"}],"model":"x"}', "x"),
+        # the alias's literal inside a string (an escaped quote), the member later
+        (b'{"s":"\\"model\\":\\"support-bot\\"","model":"x"}', "x"),
+        # a string value that is the key's literal
+        (b'{"role":"model","model":"x"}', "x"),
+        # whitespace everywhere
+        (b' {\n\t"model"\r\n :\t "x"\n ,"n" : 1 } ', "x"),
+        # `\\u` that is no escape (an escaped backslash, then u), in a key and a value
+        (b'{"C:\\\\users":1,"model":"x","p":"C:\\\\users"}', "x"),
+    ],
+)
+def test_the_edit_replaces_the_top_level_model_whatever_its_spelling(
+    raw: bytes, model: str
+) -> None:
+    data = orjson.loads(raw)
+    assert data["model"] == model
+    for members in (_members(raw), _slow(raw)):
+        out = _edit(members, model_json=b'"T"')
+        assert json.loads(out) == {**json.loads(raw), "model": "T"}  # as a last-wins reader
+
+
+@pytest.mark.parametrize(
+    ("raw", "fast"),
+    [
+        (b'{"model":"bot","messages":[{"role":"user","content":"hi"}],"stream":true}', True),
+        (b'{"messages":[{"role":"user","content":"caf\\u00e9 <\\u003e"}],"model":"a"}', True),
+        (b'{"model":"a","messages":[{"role":"user","content":"C:\\\\users"}]}', True),
+        (b'{"model":"a","url":"http:\\/\\/x"}', True),  # `\/` in values only
+        (b'{"model":"a","role":"model"}', False),  # the literal twice: scanned
+        (b'{"m\\u006fdel":"a"}', False),  # an escaped key
+        (b'{"model":"a","messages":[{"r\\u006fle":"user"}]}', False),  # one at any depth
+        (b'{"model":"a","a/b":"http:\\/\\/x"}', False),  # `/` in a key and `\/` somewhere
+    ],
+)  # fmt: skip
+def test_which_bodies_take_the_fast_proof(raw: bytes, fast: bool) -> None:
+    assert (_members(raw).spans is None) is fast
+    assert _edit(raw, model_json=b'"T"') == _edit(_slow(raw), model_json=b'"T"')
+
+
+def test_many_keys_are_scanned_not_counted() -> None:
+    doc = {f"k{i}": i for i in range(100)} | {"model": "a"}
+    raw = orjson.dumps(doc)
+    assert _members(raw).spans is not None
+    assert orjson.loads(_edit(raw, model_json=b'"T"')) == {**doc, "model": "T"}
 
 
 def test_escaped_key_is_found() -> None:
     raw = b'{"m\\u006fdel": "alias"}'
-    assert top_level_spans(raw, KEYS) == {b'"model"': (15, 22)}
+    assert top_level_members(raw) == {"model": (15, 22)}
+
+
+# -- hostile text: raw JSON written by hand ---------------------------------------------------
+
+ALIAS = "support-bot"
+KEYS = st.sampled_from(
+    ["model", "model", "stream", "stream_options", "user", "messages", "a/b", "n", "mod"]
+)
+
+
+@st.composite
+def hostile_bodies(draw: st.DrawFn) -> str:
+    """An object whose members repeat keys, spell keys and values with escapes, nest `model`
+    and hide its literal in strings; usually with a string `model` somewhere."""
+    members = draw(st.lists(st.tuples(KEYS, VALUES), max_size=6))
+    if draw(st.integers(0, 3)):
+        at = draw(st.integers(0, len(members)))
+        members.insert(at, ("model", draw(string(st.sampled_from([ALIAS, "x", "model"])))))
+    spelled_members = [(draw(spelled(k)), v) for k, v in members]
+    return draw(WHITESPACE) + obj(spelled_members, draw(st.lists(WHITESPACE, min_size=1)))
+
+
+@settings(max_examples=400, deadline=None)
+@given(hostile_bodies())
+def test_hostile_bodies_refused_exactly_when_a_top_level_key_repeats(text: str) -> None:
+    raw = text.encode()
+    pairs, reference = parse_pairs(text)
+    keys = [k for k, _ in pairs]
+    repeated = [k for i, k in enumerate(keys) if k in keys[:i]]
+    try:
+        members = _members(raw)
+    except InvalidRequest as exc:
+        assert repeated, f"refused without a repeated key: {exc.message}"
+        assert exc.param == repeated[0][:64] + ("..." if len(repeated[0]) > 64 else "")
+        return
+    assert not repeated, f"{repeated[0]!r} repeated, not refused"
+    slow = _slow(raw)
+    assert (members.spans or top_level_members(raw)) == slow.spans
+    if not isinstance(reference.get("model"), str):
+        return
+    for way in (members, slow):
+        out = _edit(way, stream=True, model_json=b'"T"', has_options="stream_options" in keys)
+        expected: dict[str, Any] = {**reference, "model": "T"}
+        opts = expected.get("stream_options")
+        expected["stream_options"] = {**(opts if isinstance(opts, dict) else {})}
+        expected["stream_options"]["include_usage"] = True
+        assert json.loads(out) == expected  # what a last-wins model server reads

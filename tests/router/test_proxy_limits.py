@@ -108,7 +108,12 @@ async def test_a_refused_response_is_a_clear_502(failure: Exception, code: str, 
 async def test_a_client_that_stops_reading_a_stream_is_let_go() -> None:
     chunks = _sse(*({"choices": [{"delta": {"content": str(i)}}]} for i in range(50)))
     gw = FakeGateway(_table({}), {TREATMENT: [FakeResponse(chunks=chunks)]})
-    gw.settings = SimpleNamespace(max_body_bytes=10_000, client_write_timeout=0.2)
+    gw.settings = SimpleNamespace(
+        max_body_bytes=10_000,
+        client_write_timeout=0.2,
+        max_unit_id_bytes=256,
+        direct_arm_models="refuse_treatment",
+    )
     sent: list[dict[str, Any]] = []
     stuck = asyncio.Event()
 

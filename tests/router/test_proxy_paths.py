@@ -115,7 +115,12 @@ class SpyBreakers(Breakers):
 class FakeGateway:
     def __init__(self, table: RoutingTable, script: dict[str, list[Answer]]) -> None:
         self.table = table
-        self.settings = SimpleNamespace(max_body_bytes=10_000, client_write_timeout=60.0)
+        self.settings = SimpleNamespace(
+            max_body_bytes=10_000,
+            client_write_timeout=60.0,
+            max_unit_id_bytes=256,
+            direct_arm_models="refuse_treatment",
+        )
         self.registry = CollectorRegistry()
         self.metrics = GatewayMetrics(self.registry)
         self.pool = SimpleNamespace(
@@ -356,10 +361,10 @@ async def test_a_client_that_leaves_mid_stream_is_not_a_treatment_failure() -> N
     await _run(gw, STREAM, disconnect=True)
     assert gw.events[0].error == "client_closed" and gw.events[0].status == 499
     assert gw.breakers.fed == [False]
-    assert gw.counter(
-        "abgate_upstream_errors_total",
-        route="alias", experiment="exp", arm="treatment", reason="client_closed",
-    ) == 1  # fmt: skip
+    arm = {"route": "alias", "experiment": "exp", "arm": "treatment"}
+    assert gw.counter("abgate_client_closed_total", **arm) == 1
+    # counted as the client's doing, never as an upstream error
+    assert gw.counter("abgate_upstream_errors_total", **arm, reason="client_closed") == 0
 
 
 async def test_a_bug_is_an_internal_error() -> None:
