@@ -18,6 +18,7 @@ from analysis.stats._util import insufficient, normal_result
 from analysis.stats.delta import ratio_estimate
 from analysis.stats.sequential import msprt
 from analysis.types import (
+    CLIENT_CLOSED,
     COMPLETION_TOKENS,
     COST_USD,
     ERRORS,
@@ -97,6 +98,14 @@ METRICS: dict[str, Metric] = {
             False,
             tau=0.01,
             description="failed requests per request",
+        ),
+        Metric(
+            "client_close_rate",
+            CLIENT_CLOSED,
+            REQUESTS,
+            False,
+            tau=0.02,
+            description="requests whose client went away mid-stream, per request",
         ),
         Metric(
             "latency_ms",

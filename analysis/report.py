@@ -70,6 +70,10 @@ class Report(BaseModel):
     policy: Policy
     units: dict[str, int]
     requests: dict[str, int]
+    errors: dict[str, int] = Field(default_factory=dict)
+    client_closed: dict[str, int] = Field(
+        default_factory=dict, description="Requests whose client went away (not errors)"
+    )
     latency_p95_ms: dict[str, float | None]
     metrics: list[MetricRow]
     srm: SRMResult
@@ -185,6 +189,14 @@ def build_report(
         requests={
             "control": snapshot.control.totals.requests,
             "treatment": snapshot.treatment.totals.requests,
+        },
+        errors={
+            "control": snapshot.control.totals.errors,
+            "treatment": snapshot.treatment.totals.errors,
+        },
+        client_closed={
+            "control": snapshot.control.totals.client_closed,
+            "treatment": snapshot.treatment.totals.client_closed,
         },
         latency_p95_ms={
             "control": latency_quantile(snapshot.control.totals),
@@ -360,7 +372,10 @@ tr.primary {{ background: #eef5ff; }} td.note {{ color: #666; max-width: 340px; 
 <p>Route <b>{html.escape(r.route)}</b>: control <code>{html.escape(r.control_model)}</code>,
 treatment <code>{html.escape(r.treatment_model)}</code> at <b>{r.treatment_percent:g} %</b>.
 Units: {r.units["control"]} control, {r.units["treatment"]} treatment; requests:
-{r.requests["control"]} / {r.requests["treatment"]}; p95 latency (log-normal approximation):
+{r.requests["control"]} / {r.requests["treatment"]}; errors:
+{r.errors.get("control", 0)} / {r.errors.get("treatment", 0)}; client closes (not errors):
+{r.client_closed.get("control", 0)} / {r.client_closed.get("treatment", 0)}; p95 latency
+(log-normal approximation):
 {_fmt(p95.get("control"))} / {_fmt(p95.get("treatment"))} ms.
 Generated {_when(r.generated_at)} UTC.</p>
 <h2>Metrics</h2>

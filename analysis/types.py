@@ -20,6 +20,7 @@ BUILTIN_SIGNALS = ("thumbs_up", "thumbs_down", "escalation", "resolved", "regene
 # Per-unit fields and what they count.
 REQUESTS = "requests"  # requests of the unit
 ERRORS = "errors"  # failed requests (upstream errors attributable to the arm)
+CLIENT_CLOSED = "client_closed"  # requests whose client went away mid-stream (not errors)
 LATENCY_MS = "latency_ms"  # summed latency
 TTFT_MS = "ttft_ms"  # summed time to first token (streaming requests)
 TTFT_N = "ttft_n"  # streaming requests with a TTFT
@@ -71,6 +72,7 @@ class ArmTotals(BaseModel):
 
     requests: int = 0
     errors: int = 0
+    client_closed: int = Field(default=0, description="Clients that went away (not errors)")
     status_2xx: int = 0
     status_4xx: int = 0
     status_5xx: int = 0
@@ -95,6 +97,7 @@ class MinutePoint(BaseModel):
     minute: int = Field(description="Unix time // 60")
     requests: int = 0
     errors: int = 0
+    client_closed: int = 0
     latency_ms_sum: float = 0.0
     completion_tokens: int = 0
     feedback: int = 0

@@ -23,11 +23,29 @@ MissingUnitPolicy = Literal["control", "random", "reject"]
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _SIGNAL_RE = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+MAX_SIGNALS = 32  # custom signals per experiment (names: 1-40 characters, `_SIGNAL_RE`)
+
+
+API_KEY_SET = "set"  # how the admin API shows a stored key; a write with it keeps the key
+
+
+def _check_header_value(value: object) -> object:
+    """A configured value that the gateway sends upstream in a header (`api_key`): printable
+    ASCII, no spaces. A CR or LF would end the header and let the value write its own headers
+    (or a whole request) into the upstream connection. The message never quotes the value."""
+    if isinstance(value, str) and any(not "!" <= c <= "~" for c in value):
+        raise ValueError(
+            "api_key must be printable ASCII without spaces or control characters (CR, LF...): "
+            "it is sent upstream in the Authorization header"
+        )
+    return value
 
 
 def _check_base_url(value: object) -> object:
     if not isinstance(value, str):
         return value  # the type check reports it
+    if any(c < " " or c == "\x7f" for c in value):
+        raise ValueError("base_url must not contain control characters")
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"base_url must be an absolute http(s) URL, got {value!r}")
@@ -67,6 +85,9 @@ class Target(BaseModel):
     _v_url = field_validator("base_url", mode="before")(
         classmethod(lambda cls, v: v if v is None else _check_base_url(v))
     )
+    _v_key = field_validator("api_key", mode="before")(
+        classmethod(lambda cls, v: _check_header_value(v))
+    )
 
     @field_validator("base_urls", mode="before")
     @classmethod
@@ -96,6 +117,9 @@ class DefaultUpstream(BaseModel):
 
     _v_url = field_validator("base_url", mode="before")(
         classmethod(lambda cls, v: _check_base_url(v))
+    )
+    _v_key = field_validator("api_key", mode="before")(
+        classmethod(lambda cls, v: _check_header_value(v))
     )
 
 
@@ -199,6 +223,9 @@ class Experiment(BaseModel):
     @field_validator("signals")
     @classmethod
     def _v_signals(cls, v: list[str]) -> list[str]:
+        # each name is a field of the per-arm totals, the unit totals and the sums over units
+        if len(v) > MAX_SIGNALS:
+            raise ValueError(f"at most {MAX_SIGNALS} custom signals, got {len(v)}")
         for s in v:
             if not _SIGNAL_RE.match(s):
                 raise ValueError(
@@ -297,6 +324,13 @@ class ConfigFile(BaseModel):
     @model_validator(mode="after")
     def _unique(self) -> ConfigFile:
         check_unique(self.experiments)
+        keys = [self.default_upstream.api_key if self.default_upstream else None]
+        keys += [t.api_key for e in self.experiments for t in (e.control, e.treatment)]
+        if API_KEY_SET in keys:
+            raise ValueError(
+                f'api_key "{API_KEY_SET}" is how the admin API shows a stored key; '
+                "write the key itself in the config file"
+            )
         return self
 
 

@@ -73,9 +73,11 @@ def unit_sums(name: str, arm: str) -> str:
     return f"{experiment_tag(name)}units:{arm}"
 
 
-def unit_totals(name: str, arm: str, unit: str) -> str:
-    """Hash of one unit's totals in one arm."""
-    return f"{experiment_tag(name)}unit:{arm}:{unit}"
+def unit_totals(name: str, arm: str) -> str:
+    """Hash of every unit's totals in one arm: field = unit id, value = its encoded totals
+    (router/signals/lua.py). One key per arm, so that the end of the experiment expires a
+    handful of keys, however many units it saw."""
+    return f"{experiment_tag(name)}unit:{arm}"
 
 
 def minute(name: str, arm: str, epoch_minute: int | str) -> str:
@@ -109,8 +111,14 @@ def decisions(name: str) -> str:
 
 
 def controller_step(name: str) -> str:
-    """Hash of the controller's ramp step: share, start time, unit counts at the start."""
+    """The controller's ramp step (JSON): share, start time, unit counts at the start."""
     return experiment_tag(name) + "ctl"
+
+
+def ended(name: str) -> str:
+    """Hash written when the experiment ends or is deleted (router/control/retention.py):
+    ``at`` (when), ``until`` (when its per-unit totals and event stream expire), ``deleted``."""
+    return experiment_tag(name) + "ended"
 
 
 # The same names for Lua: `tag` is `exp_tag(experiment)`. Suffixes match the functions above
@@ -120,75 +128,98 @@ local function exp_tag(name) return '{PREFIX}{{' .. name .. '}}:' end
 local function request_key(rid) return '{_REQUEST}' .. rid end
 local function arm_key(tag, arm) return tag .. 'arm:' .. arm end
 local function unit_sums_key(tag, arm) return tag .. 'units:' .. arm end
-local function unit_key(tag, arm, unit) return tag .. 'unit:' .. arm .. ':' .. unit end
+local function unit_key(tag, arm) return tag .. 'unit:' .. arm end
 local function minute_key(tag, arm, m) return tag .. 'minute:' .. arm .. ':' .. m end
 local function events_key(tag) return tag .. 'events' end
 local function feedback_key(tag, rid) return tag .. 'fb:' .. rid end
 local function last_key(tag, unit) return tag .. 'last:' .. unit end
 local function capture_key(tag, rid) return tag .. 'cap:' .. rid end
 local function captures_key(tag) return tag .. 'captures' end
+local function ended_key(tag) return tag .. 'ended' end
 """
 
 
 class KeyDoc(NamedTuple):
     pattern: str
     type: str
+    lifetime: str
     written_by: str
     content: str
 
 
+_KEPT = "kept while the experiment exists (its report reads it); deleted with it"
+_ENDED = ("no TTL while the experiment is live; TTL = ended retention from its end; deleted "
+          "with it")  # fmt: skip
+
 SCHEMA: tuple[KeyDoc, ...] = (
-    KeyDoc(CONFIG, "string", "config store",
+    KeyDoc(CONFIG, "string", "kept (the configuration)", "config store",
            'JSON `{"version": n, "experiments": {name: experiment}}`'),
-    KeyDoc(CONFIG_VERSION, "string", "config store", "`n`, polled by every gateway instance"),
-    KeyDoc(CONFIG_CHANNEL, "pub/sub", "config store", "the new version, on every change"),
-    KeyDoc(AUDIT, "stream", "config store",
+    KeyDoc(CONFIG_VERSION, "string", "kept", "config store",
+           "`n`, polled by every gateway instance"),
+    KeyDoc(CONFIG_CHANNEL, "pub/sub", "no key", "config store",
+           "the new version, on every change"),
+    KeyDoc(AUDIT, "stream", "kept, capped at about 100,000 entries (`MAXLEN ~`)", "config store",
            "`ts, version, actor, action, experiment, before, after, reason`"),
-    KeyDoc(request("<request_id>"), "string, TTL = feedback window", "event writer",
-           "`<a>|<experiment>|<unit>` (`a`: `c` or `t`), about 160 bytes with its key"),
-    KeyDoc(events("<exp>"), "stream, capped (`MAXLEN ~`)", "event writer",
+    KeyDoc(request("<request_id>"), "string", "TTL = feedback window", "event writer",
+           "`<a>|<experiment>|<unit>` (`a`: `c` or `t`; `C|<experiment>|` or `T|...` for a "
+           "request served after its experiment ended: feedback answered, not counted), about "
+           "150 bytes with its key"),
+    KeyDoc(events("<exp>"), "stream, capped (`MAXLEN ~`)", _ENDED, "event writer",
            "one entry per proxied request: `request_id, ts, route, arm, unit, model, status, "
            "error, stream, latency_ms, ttft_ms, prompt_tokens, completion_tokens, cost_usd`"),
-    KeyDoc(arm_totals("<exp>", "<arm>"), "hash", "event writer, feedback",
-           "`requests, errors, status_2xx/4xx/5xx, latency_ms_sum, latency_ms_sq_sum, "
-           "ttft_count, ttft_ms_sum, ttft_ms_sq_sum, prompt_tokens, completion_tokens, cost_usd`; "
-           "`feedback`, `fb:<signal>` (count) and `fv:<signal>` (value sum)"),
-    KeyDoc(minute("<exp>", "<arm>", "<epoch minute>"), "hash, expires after the retention",
+    KeyDoc(arm_totals("<exp>", "<arm>"), "hash", _KEPT, "event writer, feedback",
+           "`requests, errors, client_closed, status_2xx/4xx/5xx, latency_ms_sum, "
+           "latency_ms_sq_sum, ttft_count, ttft_ms_sum, ttft_ms_sq_sum, prompt_tokens, "
+           "completion_tokens, cost_usd`; `feedback`, `fb:<signal>` (count) and `fv:<signal>` "
+           "(value sum)"),
+    KeyDoc(minute("<exp>", "<arm>", "<epoch minute>"), "hash", "TTL = minute retention",
            "event writer, feedback",
-           "`requests, errors, latency_ms_sum, completion_tokens, feedback`"),
-    KeyDoc(unit_totals("<exp>", "<arm>", "<unit>"), "hash", "event writer, feedback",
-           "the unit's totals: `requests, errors, latency_ms, ttft_ms, ttft_n, prompt_tokens, "
+           "`requests, errors, client_closed, latency_ms_sum, completion_tokens, feedback`"),
+    KeyDoc(unit_totals("<exp>", "<arm>"), "hash", _ENDED, "event writer, feedback",
+           "unit id -> the unit's totals, `requests=3,latency_ms=812.5,...` with the fields "
+           "`requests, errors, client_closed, latency_ms, ttft_ms, ttft_n, prompt_tokens, "
            "completion_tokens, cost_usd, votes, fb:<signal>, fv:<signal>`"),
-    KeyDoc(unit_sums("<exp>", "<arm>"), "hash", "event writer, feedback",
+    KeyDoc(unit_sums("<exp>", "<arm>"), "hash", _KEPT, "event writer, feedback",
            "`n` (distinct units), `moved_in`, `s1:<field>` Σy, `s2:<field>` Σy², "
            "`x:<num>|<den>` Σy·n for every field with `requests`, and `ttft_ms|ttft_n`, "
            "`fb:thumbs_up|votes`, `fb:thumbs_down|votes`"),
-    KeyDoc(feedback_seen("<exp>", "<request_id>"), "set, TTL = feedback window", "feedback",
+    KeyDoc(feedback_seen("<exp>", "<request_id>"), "set", "TTL = feedback window", "feedback",
            "signals already recorded for the request (duplicates are answered 200)"),
-    KeyDoc(last_prompt("<exp>", "<unit>"), "hash, TTL = regeneration window", "event writer",
+    KeyDoc(last_prompt("<exp>", "<unit>"), "hash", "TTL = regeneration window", "event writer",
            "fingerprint, request id, time and arm of the unit's last prompt"),
-    KeyDoc(capture("<exp>", "<request_id>"), "hash, TTL = capture retention", "capture writer",
-           "`item` (the redacted exchange, JSON) and `fb:<signal>` per feedback"),
-    KeyDoc(captures("<exp>"), "list", "capture writer",
-           "captured request ids, newest first, trimmed to `max_items`"),
-    KeyDoc(controller_step("<exp>"), "hash", "controller",
-           "the ramp step: share, start time, unit counts at its start"),
-    KeyDoc(decisions("<exp>"), "stream, capped", "controller", "every evaluation and decision"),
-    KeyDoc(CONTROLLER_LEADER, "string, TTL = lock TTL", "controller",
+    KeyDoc(capture("<exp>", "<request_id>"), "hash", "TTL = capture retention",
+           "capture writer", "`item` (the redacted exchange, JSON) and `fb:<signal>` per feedback"),
+    KeyDoc(captures("<exp>"), "list",
+           "TTL = capture retention, renewed by each capture; deleted with the experiment",
+           "capture writer", "captured request ids, newest first, trimmed to `max_items`"),
+    KeyDoc(controller_step("<exp>"), "string",
+           "TTL = ended retention, renewed by each evaluation; deleted with the experiment",
+           "controller", "the ramp step (JSON): share, start time, unit counts at its start"),
+    KeyDoc(decisions("<exp>"), "stream, capped (`MAXLEN ~` 5,000)", _KEPT, "controller",
+           "every evaluation and decision"),
+    KeyDoc(ended("<exp>"), "hash",
+           "kept while the ended experiment exists; after a deletion, TTL = ended retention",
+           "config store", "`at` (when it ended or was deleted), `until` (when the per-unit "
+           "totals and the event stream expire), `deleted` (1: events still on their way are "
+           "not recorded)"),
+    KeyDoc(CONTROLLER_LEADER, "string", "TTL = lock TTL, renewed while held", "controller",
            "the leader's identity (compare-and-renew, compare-and-delete)"),
-    KeyDoc(EVAL_REPORTS, "hash", "admin API (`abgate eval --register`)",
+    KeyDoc(EVAL_REPORTS, "hash", "kept (admin data: one entry per treatment model)",
+           "admin API (`abgate eval --register`)",
            "treatment model -> its newest registered eval report"),
-    KeyDoc(ADAPTERS, "hash", "adapter registry",
+    KeyDoc(ADAPTERS, "hash", "kept (admin data: one entry per adapter)", "adapter registry",
            "adapter name -> JSON record (name, path, base model, replica URLs)"),
-    KeyDoc(adapter_state("<name>"), "hash", "adapter registry",
+    KeyDoc(adapter_state("<name>"), "hash",
+           "kept (one entry per replica of a registered adapter)", "adapter registry",
            "model-server replica URL -> JSON state (`loading`, `ready`, `failed`, `draining`, "
            "`unloaded`, with a reason)"),
-    KeyDoc(adapter_lock("<name>"), "string, TTL 30 s renewed while held", "adapter registry",
+    KeyDoc(adapter_lock("<name>"), "string", "TTL 30 s, renewed while held", "adapter registry",
            "one load or unload of the adapter at a time, across gateway instances "
            "(compare-and-renew, compare-and-delete)"),
-    KeyDoc(RECONCILER, "string, TTL = reconcile interval", "gateway instances",
+    KeyDoc(RECONCILER, "string", "TTL = reconcile interval", "gateway instances",
            "which gateway instance reconciles adapters this round"),
-    KeyDoc(INFLIGHT, "hash", "gateway instances",
+    KeyDoc(INFLIGHT, "hash", "TTL = 3 health intervals, renewed by each write",
+           "gateway instances",
            "gateway instance id -> `<expiry ms> <JSON {model: requests running}>`, written "
            "every health interval while it runs requests; adapter drains wait for the sum. An "
            "entry past its expiry (3 health intervals, by Redis's clock) is ignored and removed"),
@@ -197,8 +228,11 @@ SCHEMA: tuple[KeyDoc, ...] = (
 
 def markdown_table() -> str:
     """`SCHEMA` as the Markdown table of docs/redis.md."""
-    rows = ["| key | type | written by | content |", "|---|---|---|---|"]
-    rows += [f"| `{k.pattern}` | {k.type} | {k.written_by} | {k.content} |" for k in SCHEMA]
+    rows = ["| key | type | lifetime | written by | content |", "|---|---|---|---|---|"]
+    rows += [
+        f"| `{k.pattern}` | {k.type} | {k.lifetime} | {k.written_by} | {k.content} |"
+        for k in SCHEMA
+    ]
     return "\n".join(rows) + "\n"
 
 

@@ -24,7 +24,7 @@ _ARMS = ("control", "treatment")
 
 # Label values exported at 0 from the start, so that dashboards and alerts see a series (and
 # rate() sees the first increment) before anything happened.
-DROP_REASONS = ("buffer_full", "shutdown", "error")
+DROP_REASONS = ("buffer_full", "buffer_bytes", "shutdown", "error")
 REDIS_COMPONENTS = ("events", "config", "feedback", "health")
 ERROR_COMPONENTS = ("proxy", "health", "config_watch", "event_writer")
 
@@ -89,8 +89,15 @@ class GatewayMetrics:
         self.upstream_errors = Counter(
             "abgate_upstream_errors_total",
             "Upstream failures by reason (connect, timeout, status_<code>, stream_*, fallback_*, "
-            "client_closed, ...).",
+            "internal, ...); a client that went away is not one (abgate_client_closed_total).",
             [*_ARM_LABELS, "reason"],
+            registry=registry,
+        )
+        self.client_closed = Counter(
+            "abgate_client_closed_total",
+            "Requests whose client went away mid-stream (or stopped reading): the client's "
+            "choice, counted per arm, never an upstream error.",
+            _ARM_LABELS,
             registry=registry,
         )
         self.rejected = Counter(
@@ -109,7 +116,8 @@ class GatewayMetrics:
         )
         self.events_dropped = Counter(
             "abgate_events_dropped_total",
-            "Events dropped because the buffer was full (Redis away too long) or at shutdown.",
+            "Events dropped because the buffer was full (Redis away too long: buffer_full "
+            "for the count, buffer_bytes for the memory bound), at shutdown, or on an error.",
             ["reason"],
             registry=registry,
         )

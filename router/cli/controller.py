@@ -38,6 +38,7 @@ def run(tick: float | None, lock_ttl: float | None, metrics_port: int | None) ->
     from router import logs
     from router.cli.serve import load_settings
     from router.control.controller import Controller
+    from router.control.retention import Retention
     from router.errors import ConfigError
 
     try:
@@ -71,6 +72,9 @@ def run(tick: float | None, lock_ttl: float | None, metrics_port: int | None) ->
                 lock_ttl=settings.controller_lock_ttl_seconds,
                 tick=settings.controller_tick_seconds,
                 registry=registry,
+                retention=Retention(
+                    settings.ended_retention_seconds, settings.feedback_window_seconds
+                ),
             ).run(stop)
         finally:
             await client.aclose()

@@ -73,10 +73,16 @@ def show(rep: dict[str, Any]) -> None:
 
     console = Console(highlight=False)
     units = rep["units"]
+    closed = rep.get("client_closed") or {}
     console.print(  # wraps at spaces: a long model name moves to the next line whole
         f"{rep['experiment']} ({rep['state']}) route {rep['route']}: {rep['treatment_model']} vs "
         f"{rep['control_model']} at {rep['treatment_percent']:g}%; "
-        f"units {units.get('control', 0)}/{units.get('treatment', 0)}",
+        f"units {units.get('control', 0)}/{units.get('treatment', 0)}"
+        + (
+            f"; client closes {closed.get('control', 0)}/{closed.get('treatment', 0)}"
+            if any(closed.values())
+            else ""
+        ),
         markup=False,
     )
     columns = [

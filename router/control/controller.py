@@ -8,8 +8,9 @@ lock inside the transaction and by the experiment's version, so a deposed leader
 anything and no decision is applied twice. Manual actions win: only `running` experiments are
 evaluated, so a paused experiment is not advanced and a rollback is final.
 
-Per experiment the controller keeps its ramp step in a hash (share, start time, unit counts at
-the start) and appends every evaluation to a decisions stream (router/keys.py).
+Per experiment the controller keeps its ramp step (share, start time, unit counts at the start;
+its TTL renewed by every evaluation) and appends every evaluation to a decisions stream
+(router/keys.py).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from router import keys
 from router.control.changes import apply_change
 from router.control.lifecycle import transition
 from router.control.redislock import RedisLock
+from router.control.retention import Retention
 from router.control.store import ConfigStore, GuardLost
 from router.errors import GatewayError
 from router.experiments import Experiment
@@ -115,9 +117,11 @@ class Controller:
         tick: float = 1.0,
         registry: CollectorRegistry | None = None,
         identity: str | None = None,
+        retention: Retention | None = None,
     ) -> None:
         self.redis = redis
-        self.store = ConfigStore(redis)
+        self.retention = retention or Retention()
+        self.store = ConfigStore(redis, self.retention)
         self.lock_ttl = lock_ttl
         self.tick = tick
         self.identity = identity or f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
@@ -229,10 +233,12 @@ class Controller:
         self, exp: Experiment, c_units: int, t_units: int, moved: int, now: float
     ) -> StepState:
         key = step_key(exp.name)
+        keep = self.retention.ended_seconds  # renewed while evaluated; gone after the end
         raw = await self.redis.get(key)
         if raw is not None:
             step = StepState.model_validate(orjson.loads(raw))
             if step.share == exp.treatment_percent:
+                await self.redis.expire(key, keep)
                 return step
         step = StepState(
             share=exp.treatment_percent,
@@ -241,5 +247,5 @@ class Controller:
             treatment_units_at_start=t_units if raw is not None else 0,
             moved_in_at_start=moved if raw is not None else 0,
         )
-        await self.redis.set(key, step.model_dump_json())
+        await self.redis.set(key, step.model_dump_json(), ex=keep)
         return step

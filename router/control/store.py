@@ -7,6 +7,9 @@ the new version, and the audit stream (actor, action, experiment, before, after,
 Writers replace the document in a WATCH/MULTI transaction that increments the version, appends
 to the audit stream and publishes, so every gateway instance swaps its in-memory table at once;
 instances also poll the version, so a missed message heals within `config_poll_seconds`.
+
+The document keeps the targets' `api_key`s; the audit's before/after copies show them masked
+(router/secrets.py), when written and again when read (entries written before the masking).
 """
 
 from __future__ import annotations
@@ -19,11 +22,14 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
+from pydantic import ValidationError
 from redis.exceptions import WatchError
 
 from router import keys
+from router.control.retention import Retention, queue_lifetimes
 from router.errors import ConfigError
 from router.experiments import Experiment, check_unique, differing_fields
+from router.secrets import mask_audit_pair
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +69,11 @@ class ConfigDoc:
                     n: Experiment.model_validate(e) for n, e in data["experiments"].items()
                 },
             )
+        except ValidationError as exc:  # its text quotes the values (an api_key): not logged
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+            )
+            raise ConfigError(f"stored config document is invalid: {problems}") from None
         except (ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"stored config document is invalid: {exc}") from exc
 
@@ -83,8 +94,9 @@ Mutation = Callable[[dict[str, Experiment]], tuple[dict[str, Experiment], list[A
 class ConfigStore:
     """Reads and writes the configuration document."""
 
-    def __init__(self, redis: aioredis.Redis) -> None:
+    def __init__(self, redis: aioredis.Redis, retention: Retention | None = None) -> None:
         self._redis = redis
+        self._retention = retention or Retention()
 
     async def version(self) -> int:
         raw = await self._redis.get(VERSION_KEY)
@@ -139,6 +151,8 @@ class ConfigStore:
                             approximate=True,
                         )
                     pipe.publish(CHANNEL, str(new.version))
+                    # the experiment's keys get their lifetime with the change (ended: expiry)
+                    queue_lifetimes(pipe, current.experiments, experiments, self._retention)
                     await pipe.execute()
                     return new
                 except WatchError:
@@ -188,14 +202,15 @@ def _as_bytes(raw: bytes | str) -> bytes:
 
 
 def _audit_fields(entry: AuditEntry, version: int) -> dict[Any, Any]:
+    before, after = mask_audit_pair(entry.before, entry.after)
     return {
         "ts": f"{time.time():.3f}",
         "version": version,
         "actor": entry.actor,
         "action": entry.action,
         "experiment": entry.experiment,
-        "before": orjson.dumps(entry.before),
-        "after": orjson.dumps(entry.after),
+        "before": orjson.dumps(before),
+        "after": orjson.dumps(after),
         "reason": entry.reason,
     }
 
@@ -210,6 +225,9 @@ async def read_audit(
         f = {_text(k): _text(v) for k, v in (fields or {}).items()}
         if experiment is not None and f.get("experiment") != experiment:
             continue
+        before, after = mask_audit_pair(
+            orjson.loads(f.get("before", "null")), orjson.loads(f.get("after", "null"))
+        )
         entries.append(
             {
                 "id": _text(entry_id),
@@ -218,8 +236,8 @@ async def read_audit(
                 "actor": f.get("actor", ""),
                 "action": f.get("action", ""),
                 "experiment": f.get("experiment", ""),
-                "before": orjson.loads(f.get("before", "null")),
-                "after": orjson.loads(f.get("after", "null")),
+                "before": before,
+                "after": after,
                 "reason": f.get("reason", ""),
             }
         )

@@ -1,15 +1,23 @@
 """After a request: its outcome goes to the Prometheus metrics, the circuit breaker, the capture
-writer and (as an event) the background writer. Nothing here awaits."""
+writer and (as an event) the background writer. Nothing here awaits.
+
+A client that went away (`client_closed`) is counted as such, never as an upstream error or a
+breaker failure. Requests of an ended experiment (promoted or rolled back: its route still
+serves the winner) go to the metrics and the breaker, and to Redis only as a request index
+entry (feedback for them is answered, not counted): its results in Redis are final."""
 
 from __future__ import annotations
 
 import time
 
-from router.dataplane.outcome import Outcome, breaker_failure, status_class
+from router.dataplane.outcome import Outcome, OutcomeKind, breaker_failure, status_class
 from router.dataplane.plan import Plan
 from router.dataplane.ports import GatewayPort
 from router.dataplane.routing import CompiledArm
 from router.signals.events import Event
+
+#: States whose requests are served but no longer counted in Redis (metrics still count them)
+ENDED_STATES = frozenset({"promoted", "rolled_back"})
 
 
 def record(gw: GatewayPort, plan: Plan, rid: str, t0: float, out: Outcome) -> None:
@@ -30,11 +38,16 @@ def record(gw: GatewayPort, plan: Plan, rid: str, t0: float, out: Outcome) -> No
     metrics = gw.metrics
     metrics.request_counter(plan.route, exp_name, arm, status_class(status, out.kind)).inc()
     cost = _observe(gw, plan, exp_name, arm, elapsed, out)
-    if error:
+    if out.kind is OutcomeKind.CLIENT_CLOSED:
+        metrics.client_closed.labels(plan.route, exp_name, arm).inc()
+    elif error:
         metrics.upstream_errors.labels(plan.route, exp_name, arm, error).inc()
     if exp is None:
         return
-    if out.captured is not None and status == 200 and not error:
+    # an ended experiment's results are final (router/control/retention.py): its requests are
+    # only indexed, so that feedback for them is answered (and not counted)
+    counted = exp.experiment.state not in ENDED_STATES
+    if counted and out.captured is not None and status == 200 and not error:
         gw.capture_request(exp, arm, plan.model, rid, plan.raw, out.captured, plan.stream)
     gw.inflight.discard(rid)
     gw.writer.submit(
@@ -57,6 +70,7 @@ def record(gw: GatewayPort, plan: Plan, rid: str, t0: float, out: Outcome) -> No
             ttl=exp.ttl,
             regen=exp.regen,
             fp=plan.fingerprint,
+            counted=counted,
         )
     )
 

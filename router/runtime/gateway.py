@@ -23,6 +23,7 @@ import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
 from router.control.adapters import AdapterManager
+from router.control.retention import Retention
 from router.control.store import ConfigDoc, ConfigStore
 from router.dataplane.breaker import Breakers
 from router.dataplane.routing import CompiledExperiment, RoutingTable
@@ -62,7 +63,10 @@ class Gateway:
         self.redis: aioredis.Redis = aioredis.from_url(
             settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0
         )
-        self.store = ConfigStore(self.redis)
+        self.store = ConfigStore(
+            self.redis,
+            Retention(settings.ended_retention_seconds, settings.feedback_window_seconds),
+        )
         self.pool = UpstreamPool(
             timeouts=Timeouts(
                 connect=settings.upstream_connect_timeout, read=settings.upstream_read_timeout
@@ -83,6 +87,7 @@ class Gateway:
             self.redis,
             self.metrics,
             capacity=settings.event_buffer,
+            capacity_bytes=settings.event_buffer_bytes,
             batch=settings.event_batch,
             stream_maxlen=settings.event_stream_maxlen,
             minute_retention_seconds=settings.minute_retention_seconds,
@@ -107,6 +112,7 @@ class Gateway:
             lambda: self.config.table,
             lambda url: self.pool.get(url).get_json("/models"),
             settings.models_cache_seconds,
+            settings.direct_arm_models,
         )
         self.rollbacks = BreakerRollback(self.store, self.metrics, self.config.apply)
         self._loops: list[asyncio.Task[None]] = []

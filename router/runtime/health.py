@@ -34,7 +34,8 @@ from serving.pool import STATES, ReplicaPool
 logger = logging.getLogger(__name__)
 
 # KEYS[1] the registry hash; ARGV: this instance's id, its entry's lifetime in ms, its counts
-# as JSON ("" when it runs nothing: the entry is removed).
+# as JSON ("" when it runs nothing: the entry is removed). The hash itself expires with its
+# longest-lived entry, so it goes when every gateway instance is gone.
 _PUBLISH = """
 if ARGV[3] == '' then
   redis.call('HDEL', KEYS[1], ARGV[1])
@@ -42,7 +43,9 @@ if ARGV[3] == '' then
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('HSET', KEYS[1], ARGV[1], (now + tonumber(ARGV[2])) .. ' ' .. ARGV[3])
+local lifetime = tonumber(ARGV[2])
+redis.call('HSET', KEYS[1], ARGV[1], (now + lifetime) .. ' ' .. ARGV[3])
+if redis.call('PTTL', KEYS[1]) < lifetime then redis.call('PEXPIRE', KEYS[1], lifetime) end
 return 1
 """
 

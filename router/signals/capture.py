@@ -10,7 +10,7 @@ feedback script (router/signals/lua.py). Nothing is captured, stored or logged w
 Two keys per experiment, tagged like the rest of its state (router/keys.py `capture` and
 `captures`): a hash per captured request (``item`` JSON and ``fb:<signal>`` per feedback,
 expiring after ``retention_days``) and the list of captured request ids, newest first, trimmed
-to ``max_items``.
+to ``max_items``, expiring with its newest item.
 """
 
 from __future__ import annotations
@@ -39,15 +39,18 @@ CAPTURE = (
     + """
 local tag = exp_tag(ARGV[1])
 local rid = ARGV[2]
+local ttl = tonumber(ARGV[5])
 local ckey = capture_key(tag, rid)
 if redis.call('EXISTS', ckey) == 1 then return 0 end
 redis.call('HSET', ckey, 'item', ARGV[3])
 for _, signal in ipairs(redis.call('SMEMBERS', feedback_key(tag, rid))) do
   redis.call('HSET', ckey, 'fb:' .. signal, 1)
 end
-redis.call('EXPIRE', ckey, tonumber(ARGV[5]))
+redis.call('EXPIRE', ckey, ttl)
 local list = captures_key(tag)
 redis.call('LPUSH', list, rid)
+-- the list lives as long as its newest item (and goes with the experiment's other keys)
+if redis.call('TTL', list) < ttl then redis.call('EXPIRE', list, ttl) end
 local max = tonumber(ARGV[4])
 -- at most 100 evictions per capture, so that lowering max_items never blocks Redis for long;
 -- the list converges to the cap as new captures arrive

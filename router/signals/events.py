@@ -5,7 +5,9 @@ it in batches and runs one Lua script per batch, which for each event atomically
 
 - sets the request index entry of the request (``<a>|<experiment>|<unit>``, `a` the arm's
   initial) with the feedback window as TTL, **only if it does not exist yet** (so a batch
-  retried after a lost reply is never counted twice),
+  retried after a lost reply is never counted twice); a request served after its experiment
+  ended (`Event.counted` false) gets only its index entry (``C|<experiment>|`` or ``T|...``,
+  upper case: feedback for it is answered and not counted), and nothing below,
 - appends the event to the experiment's capped event stream,
 - adds it to the per-arm aggregates and to the per-minute counters (expiring after the
   retention),
@@ -16,10 +18,12 @@ The keys are named in router/keys.py; those of one experiment share its hash tag
 (docs/redis.md).
 
 While Redis is unreachable the writer keeps the events and retries with backoff; the buffer is
-bounded by ``ABGATE_EVENT_BUFFER``, and only events beyond it are dropped and counted in
-``abgate_events_dropped_total``. Shutdown flushes what is buffered, within a time limit. The
-writer reports when writes start failing and when they recover (once each, not per retry) to
-the `on_redis` callback the gateway process gives it, which logs the outage once.
+bounded by ``ABGATE_EVENT_BUFFER`` events and by ``ABGATE_EVENT_BUFFER_BYTES`` of estimated
+memory (`Event.size`: its strings' lengths and a constant), and only events beyond either bound
+are dropped and counted in ``abgate_events_dropped_total`` (``buffer_full``,
+``buffer_bytes``). Shutdown flushes what is buffered, within a time limit. The writer reports
+when writes start failing and when they recover (once each, not per retry) to the `on_redis`
+callback the gateway process gives it, which logs the outage once.
 """
 
 from __future__ import annotations
@@ -39,6 +43,12 @@ from router.metrics import GatewayMetrics
 from router.signals.lua import RECORD_EVENTS
 
 logger = logging.getLogger(__name__)
+
+
+#: Memory of an `Event` in the buffer besides its strings' characters (the object, its numbers,
+#: the string headers, its entry in `EventWriter.pending`), measured with tracemalloc.
+EVENT_OVERHEAD_BYTES = 448
+DEFAULT_BUFFER_BYTES = 128 * 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -63,6 +73,21 @@ class Event:
     ttl: int  # request index TTL: the experiment's feedback window
     regen: float = 0.0  # regeneration window in seconds; 0: detection off
     fp: str = ""  # fingerprint of the normalised last user message
+    counted: bool = True  # False: served after its experiment ended; only indexed (feedback)
+
+    def size(self) -> int:
+        """Estimated bytes the event holds while buffered (cheap: no serialisation)."""
+        return (
+            EVENT_OVERHEAD_BYTES
+            + len(self.request_id)
+            + len(self.experiment)
+            + len(self.route)
+            + len(self.arm)
+            + len(self.unit)
+            + len(self.model)
+            + len(self.error)
+            + len(self.fp)
+        )
 
     def to_json(self) -> bytes:
         return orjson.dumps(
@@ -85,6 +110,7 @@ class Event:
                 "ttl": self.ttl,
                 "regen": self.regen,
                 "fp": self.fp,
+                "counted": 1 if self.counted else 0,
             }
         )
 
@@ -98,6 +124,7 @@ class EventWriter:
         metrics: GatewayMetrics,
         *,
         capacity: int,
+        capacity_bytes: int = DEFAULT_BUFFER_BYTES,
         batch: int,
         stream_maxlen: int,
         minute_retention_seconds: int,
@@ -107,6 +134,8 @@ class EventWriter:
         self._redis = redis
         self._metrics = metrics
         self._capacity = capacity
+        self._capacity_bytes = capacity_bytes
+        self._bytes = 0  # estimated bytes buffered (`Event.size`)
         self._batch = batch
         self._args = (stream_maxlen, minute_retention_seconds)
         self._buffer: deque[Event] = deque()
@@ -125,15 +154,26 @@ class EventWriter:
         return len(self._buffer)
 
     @property
+    def buffered_bytes(self) -> int:
+        """Estimated memory of the buffered events."""
+        return self._bytes
+
+    @property
     def redis_ok(self) -> bool:
         """False while the last write attempt failed."""
         return self._redis_ok
 
     def submit(self, event: Event) -> None:
-        """Queue an event; never blocks. Beyond the buffer's capacity the event is dropped."""
+        """Queue an event; never blocks. Beyond the buffer's capacity (events or bytes) the
+        event is dropped."""
         if len(self._buffer) >= self._capacity:
             self._metrics.events_dropped.labels("buffer_full").inc()
             return
+        size = event.size()
+        if self._bytes + size > self._capacity_bytes:
+            self._metrics.events_dropped.labels("buffer_bytes").inc()
+            return
+        self._bytes += size
         self._buffer.append(event)
         self.pending[event.request_id] = event
         if not self._wakeup.is_set():
@@ -158,6 +198,7 @@ class EventWriter:
             self._metrics.events_dropped.labels("shutdown").inc(len(self._buffer))
             self._buffer.clear()
             self.pending.clear()
+            self._bytes = 0
         self._metrics.event_queue_depth.set(0)
 
     async def _run(self) -> None:
@@ -195,7 +236,9 @@ class EventWriter:
                 self._redis_ok = True
                 backoff = 0.05
             for _ in range(n):
-                self.pending.pop(self._buffer.popleft().request_id, None)
+                done = self._buffer.popleft()
+                self._bytes -= done.size()
+                self.pending.pop(done.request_id, None)
             self._metrics.event_queue_depth.set(len(self._buffer))
             self.flushed.set()
             self.flushed.clear()

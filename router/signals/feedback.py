@@ -4,7 +4,8 @@ The application sends the `X-Request-Id` it received with an answer; the gateway
 request index (written by the event writer), checks the signal against the experiment, and runs
 one Lua script that counts each (request id, signal) pair once and updates the per-arm and
 unit-level aggregates (router/signals/lua.py). Single form: one object, answered 202 (accepted), 200
-(duplicate), 404 (unknown or expired request id) or 422 (bad signal or value). Batch form: a
+(duplicate, or ignored: the request was served after its experiment ended, whose results are
+final), 404 (unknown or expired request id) or 422 (bad signal or value). Batch form: a
 list of up to 1,000 objects, answered 200 with one result per item.
 """
 
@@ -132,6 +133,7 @@ class _Call:
     experiment: str
     arm: str
     unit: str
+    counted: bool = True  # False: served after its experiment ended (answered, not counted)
 
 
 def _attribute(
@@ -150,7 +152,8 @@ def _attribute(
             f"unknown signal {item.signal!r} for experiment {exp_name!r}; accepted: {allowed}",
             param="signal",
         )
-    return _Call(pos, item, exp_name, "treatment" if code == "t" else "control", unit)
+    arm = "treatment" if code in ("t", "T") else "control"
+    return _Call(pos, item, exp_name, arm, unit, counted=code.islower())
 
 
 class FeedbackService:
@@ -176,6 +179,10 @@ class FeedbackService:
                 calls.append(_attribute(i, item, indexes.get(i), table))
             except GatewayError as exc:
                 results[i] = _error(exc)
+        for call in calls:
+            if not call.counted:
+                results[call.pos] = 200, {**_body(call), "result": "ignored"}
+        calls = [c for c in calls if c.counted]
         if calls:
             counted = await self._count(calls, table, now)
             for call, fresh in zip(calls, counted, strict=True):
@@ -209,8 +216,7 @@ class FeedbackService:
         self, call: _Call, fresh: bool, table: ExperimentsTable
     ) -> tuple[int, dict[str, Any]]:
         item = call.item
-        body = {"request_id": item.request_id, "signal": item.signal, "arm": call.arm,
-                "experiment": call.experiment}  # fmt: skip
+        body = _body(call)
         if not fresh:
             return 200, {**body, "result": "duplicate"}
         route = table.experiments[call.experiment].route
@@ -264,6 +270,12 @@ class FeedbackService:
             exp_name, _, unit = rest.partition("|")
             out[i] = (code, exp_name, unit)
         return out
+
+
+def _body(call: _Call) -> dict[str, Any]:
+    item = call.item
+    return {"request_id": item.request_id, "signal": item.signal, "arm": call.arm,
+            "experiment": call.experiment}  # fmt: skip
 
 
 def _error(exc: GatewayError) -> tuple[int, dict[str, Any]]:

@@ -2,7 +2,7 @@
 
 `UNIT_UPDATE` and `RECORD_FEEDBACK` are shared functions, prepended to the scripts that use
 them, after the key names of router/keys.py (`keys.LUA_KEYS`). Per-unit totals live in one hash
-per unit and arm; the sums over units in one hash per arm: ``n`` (distinct units),
+per arm (one field per unit); the sums over units in one hash per arm: ``n`` (distinct units),
 ``s1:<field>`` (Σ y), ``s2:<field>`` (Σ y²) and ``x:<num>|<den>`` (Σ y·n) for every pair of a
 ratio metric. They change by the
 difference of each unit's old and new totals, so reading them is O(1) whatever the traffic.
@@ -18,7 +18,7 @@ UNIT_UPDATE = (
     + """
 -- Increments of shared hashes (per-arm totals, sums over units, per-minute counters) are added
 -- up in `acc` during the script and written once per field at the end (`flush`): one event's
--- many HINCRBYFLOATs become one per field per batch. Per-unit hashes are written at once, since
+-- many HINCRBYFLOATs become one per field per batch. A unit's totals are written at once, since
 -- a later event of the same unit in the batch reads them.
 local acc = {}
 local function add(key, field, value)
@@ -35,50 +35,100 @@ local function flush()
   end
   acc = {}
 end
-local DENOMINATORS = {requests = true, ttft_n = true, votes = true}
+
+-- The end of an experiment (router/control/retention.py) leaves a marker: `until`, when its
+-- per-unit totals and event stream expire, and `deleted`. Read once per experiment per script.
+local markers = {}
+local function marker(tag)
+  local m = markers[tag]
+  if m == nil then
+    local v = redis.call('HMGET', ended_key(tag), 'until', 'deleted')
+    m = {ends = tonumber(v[1]), deleted = v[2] == '1'}
+    markers[tag] = m
+  end
+  return m
+end
+-- Events still on their way when the experiment ended are recorded; a key they create again
+-- gets the same expiry as the ones the end set, so nothing outlives the retention.
+local function settle()
+  for tag, m in pairs(markers) do
+    if m.ends then
+      for _, key in ipairs({unit_key(tag, 'control'), unit_key(tag, 'treatment'),
+                            events_key(tag)}) do
+        if redis.call('TTL', key) == -1 then
+          redis.call('PEXPIREAT', key, math.floor(m.ends * 1000))
+        end
+      end
+    end
+  end
+end
+
+-- A unit's totals: one field of the arm's hash, `name=value,...`. Numbers are written with the
+-- fewest digits that read back as the same double, so the sums below stay those of the stored
+-- totals.
+local function num(v)
+  if v == math.floor(v) and math.abs(v) < 1e15 then return string.format('%d', v) end
+  for _, fmt in ipairs({'%.15g', '%.16g'}) do
+    local s = string.format(fmt, v)
+    if tonumber(s) == v then return s end
+  end
+  return string.format('%.17g', v)
+end
+local function decode_totals(raw)
+  local t = {}
+  for k, v in string.gmatch(raw, '([^,=]+)=([^,]+)') do t[k] = tonumber(v) end
+  return t
+end
+local function encode_totals(t)
+  local parts = {}
+  for k, v in pairs(t) do parts[#parts + 1] = k .. '=' .. num(v) end
+  return table.concat(parts, ',')
+end
+
 local EXTRA_PAIRS = {{'ttft_ms', 'ttft_n'}, {'fb:thumbs_up', 'votes'}, {'fb:thumbs_down', 'votes'}}
 
 local function unit_update(tag, arm, unit, deltas)
   if unit == '' then return end
-  local ukey = unit_key(tag, arm, unit)
+  local ukey = unit_key(tag, arm)
   local skey = unit_sums_key(tag, arm)
-  local flat = redis.call('HGETALL', ukey)
-  if #flat == 0 then
+  local raw = redis.call('HGET', ukey, unit)
+  local old = {}
+  if raw then
+    old = decode_totals(raw)
+  else
+    -- after its end an experiment counts no new unit (its totals would start from zero)
+    if marker(tag).ends then return end
     add(skey, 'n', 1)
     -- a unit new to this arm but known to the other moved (the share went up): SRM excludes it
     local other = 'control'
     if arm == 'control' then other = 'treatment' end
-    if redis.call('EXISTS', unit_key(tag, other, unit)) == 1 then
+    if redis.call('HEXISTS', unit_key(tag, other), unit) == 1 then
       add(skey, 'moved_in', 1)
     end
   end
-  local old, new = {}, {}
-  for i = 1, #flat, 2 do
-    local v = tonumber(flat[i + 1])
-    old[flat[i]] = v
-    new[flat[i]] = v
-  end
+  local new = {}
+  for f, v in pairs(old) do new[f] = v end
   for f, d in pairs(deltas) do
     if d ~= 0 then
       local o = old[f] or 0
       old[f] = o
       new[f] = o + d
-      redis.call('HINCRBYFLOAT', ukey, f, d)
       add(skey, 's1:' .. f, d)
       add(skey, 's2:' .. f, new[f] * new[f] - o * o)
     end
   end
-  local function pair(num, den)
-    local dn, dd = deltas[num] or 0, deltas[den] or 0
+  local function pair(num_f, den)
+    local dn, dd = deltas[num_f] or 0, deltas[den] or 0
     if dn == 0 and dd == 0 then return end
-    local before = (old[num] or 0) * (old[den] or 0)
-    local after = (new[num] or 0) * (new[den] or 0)
-    add(skey, 'x:' .. num .. '|' .. den, after - before)
+    local before = (old[num_f] or 0) * (old[den] or 0)
+    local after = (new[num_f] or 0) * (new[den] or 0)
+    add(skey, 'x:' .. num_f .. '|' .. den, after - before)
   end
   for f, _ in pairs(new) do
     if f ~= 'requests' then pair(f, 'requests') end
   end
   for _, p in ipairs(EXTRA_PAIRS) do pair(p[1], p[2]) end
+  redis.call('HSET', ukey, unit, encode_totals(new))
 end
 """
 )
@@ -118,8 +168,17 @@ local minutes_seen = {}
 for i = 3, #ARGV do
   local e = cjson.decode(ARGV[i])
   local tag = exp_tag(e.experiment)
+  -- served after its experiment ended: indexed (feedback for it is answered, not counted),
+  -- with its arm's initial in upper case, and nothing else
+  local counted = e.counted ~= 0
   local index = string.sub(e.arm, 1, 1) .. '|' .. e.experiment .. '|' .. e.unit
-  if redis.call('SET', request_key(e.request_id), index, 'NX', 'EX', e.ttl) then
+  if not counted then
+    index = string.upper(string.sub(e.arm, 1, 1)) .. '|' .. e.experiment .. '|'
+  end
+  -- a deleted experiment records nothing more, not even the events still on their way
+  if not marker(tag).deleted
+     and redis.call('SET', request_key(e.request_id), index, 'NX', 'EX', e.ttl)
+     and counted then
     written = written + 1
     redis.call('XADD', events_key(tag), 'MAXLEN', '~', maxlen, '*',
       'request_id', e.request_id, 'ts', e.ts, 'route', e.route, 'arm', e.arm,
@@ -128,14 +187,21 @@ for i = 3, #ARGV do
       'prompt_tokens', e.prompt_tokens, 'completion_tokens', e.completion_tokens,
       'cost_usd', e.cost_usd)
     local agg = arm_key(tag, e.arm)
-    local is_error = 0
-    if e.error ~= '' then is_error = 1 end
+    -- a client that went away is its own outcome, never the arm's error (docs/metrics.md)
+    local is_error, closed = 0, 0
+    if e.error == 'client_closed' then closed = 1 elseif e.error ~= '' then is_error = 1 end
     add(agg, 'requests', 1)
     add(agg, 'errors', is_error)
-    add(agg, 'status_' .. string.sub(tostring(e.status), 1, 1) .. 'xx', 1)
+    add(agg, 'client_closed', closed)
+    -- the status class as abgate_requests_total counts it: a stream that broke after its 200
+    -- (`stream_*`) is a 5xx
+    local class = string.sub(tostring(e.status), 1, 1) .. 'xx'
+    if string.sub(e.error, 1, 7) == 'stream_' then class = '5xx' end
+    add(agg, 'status_' .. class, 1)
     add(agg, 'latency_ms_sum', e.latency_ms)
     add(agg, 'latency_ms_sq_sum', e.latency_ms * e.latency_ms)
-    local deltas = {requests = 1, errors = is_error, latency_ms = e.latency_ms,
+    local deltas = {requests = 1, errors = is_error, client_closed = closed,
+                    latency_ms = e.latency_ms,
                     prompt_tokens = e.prompt_tokens, completion_tokens = e.completion_tokens,
                     cost_usd = e.cost_usd}
     if e.ttft_ms >= 0 then
@@ -152,6 +218,7 @@ for i = 3, #ARGV do
     local mkey = minute_key(tag, e.arm, minute)
     add(mkey, 'requests', 1)
     add(mkey, 'errors', is_error)
+    add(mkey, 'client_closed', closed)
     add(mkey, 'latency_ms_sum', e.latency_ms)
     add(mkey, 'completion_tokens', e.completion_tokens)
     if minutes_seen[mkey] == nil then
@@ -173,6 +240,7 @@ for i = 3, #ARGV do
   end
 end
 flush()
+settle()
 return written
 """
 )
@@ -183,9 +251,11 @@ FEEDBACK = (
     + RECORD_FEEDBACK
     + """
 local tag = exp_tag(ARGV[1])
+if marker(tag).deleted then return 0 end
 local fresh = record_feedback(tag, ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6]),
                               tonumber(ARGV[7]), ARGV[8], tonumber(ARGV[9]))
 flush()
+settle()
 return fresh
 """
 )

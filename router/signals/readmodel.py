@@ -2,6 +2,7 @@
 
 A handful of HGETALLs (per arm: totals, unit-level sums, optionally the per-minute counters),
 independent of how much traffic there was. The analysis consumes the snapshot unchanged.
+`decode_unit_totals` reads one unit's totals as the Lua scripts store them (router/signals/lua.py).
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from router import keys
 from router.experiments import Experiment
 
 ARMS = ("control", "treatment")
-_INT_TOTALS = ("requests", "errors", "status_2xx", "status_4xx", "status_5xx", "ttft_count",
-               "prompt_tokens", "completion_tokens", "feedback")  # fmt: skip
+_INT_TOTALS = ("requests", "errors", "client_closed", "status_2xx", "status_4xx", "status_5xx",
+               "ttft_count", "prompt_tokens", "completion_tokens", "feedback")  # fmt: skip
 _FLOAT_TOTALS = ("latency_ms_sum", "latency_ms_sq_sum", "ttft_ms_sum", "ttft_ms_sq_sum",
                  "cost_usd")  # fmt: skip
 
@@ -91,6 +92,7 @@ async def read_snapshot(
                         minute=m,
                         requests=int(raw.get("requests", 0)),
                         errors=int(raw.get("errors", 0)),
+                        client_closed=int(raw.get("client_closed", 0)),
                         latency_ms_sum=float(raw.get("latency_ms_sum", 0.0)),
                         completion_tokens=int(raw.get("completion_tokens", 0)),
                         feedback=int(raw.get("feedback", 0)),
@@ -106,6 +108,24 @@ async def read_snapshot(
         treatment=arms["treatment"],
         signals=(*BUILTIN_SIGNALS, *exp.signals),
     )
+
+
+def decode_unit_totals(raw: bytes | str) -> dict[str, float]:
+    """One unit's totals as its arm's hash stores them (`requests=3,latency_ms=812.5,...`)."""
+    out: dict[str, float] = {}
+    for part in _text(raw).split(","):
+        name, _, value = part.partition("=")
+        if name:
+            out[name] = float(value)
+    return out
+
+
+async def read_unit_totals(
+    redis: aioredis.Redis, experiment: str, arm: str, unit: str
+) -> dict[str, float] | None:
+    """One unit's totals in one arm; None when the arm never saw the unit (or they expired)."""
+    raw = await redis.hget(keys.unit_totals(experiment, arm), unit)
+    return None if raw is None else decode_unit_totals(raw)
 
 
 async def unit_counts(redis: aioredis.Redis, names: list[str]) -> dict[tuple[str, str], int]:

@@ -137,11 +137,22 @@ def _traffic(gw: Proc, rounds: int, pause: float) -> dict[str, int]:
                     json={"request_id": resp.headers["x-request-id"], "signal": signal},
                 )
                 seen["feedback"] += fb.status_code == 202
+            # one stream per round that its client stops reading after the first chunk
+            _close_after_first_chunk(client, f"closer-{r}")
             # one refused request per round: rejected requests by reason
             client.post("/v1/chat/completions", content=b"{not json",
                         headers={"content-type": "application/json"})  # fmt: skip
             time.sleep(pause)
     return seen
+
+
+def _close_after_first_chunk(client: httpx.Client, user: str) -> None:
+    """A user pressing "stop": the stream is closed after its first chunk (a client close)."""
+    body = {"model": ROUTE, "messages": [{"role": "user", "content": "a long answer"}],
+            "max_tokens": 400, "stream": True}  # fmt: skip
+    with client.stream("POST", "/v1/chat/completions", json=body,
+                       headers={"X-User-Id": user}) as resp:  # fmt: skip
+        next(resp.iter_raw())
 
 
 @pytest.fixture(scope="module")

@@ -57,6 +57,7 @@ def test_counters_with_known_reasons_start_at_zero() -> None:
     text = generate_latest(registry).decode()
     for line in (
         'abgate_events_dropped_total{reason="buffer_full"} 0.0',
+        'abgate_events_dropped_total{reason="buffer_bytes"} 0.0',
         'abgate_events_dropped_total{reason="shutdown"} 0.0',
         'abgate_events_dropped_total{reason="error"} 0.0',
         'abgate_redis_errors_total{component="events"} 0.0',

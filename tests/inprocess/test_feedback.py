@@ -10,6 +10,7 @@ import pytest
 import redis
 
 from router import keys
+from router.signals.readmodel import decode_unit_totals
 from tests.inprocess.conftest import Gate, GatewayFactory, arm_totals
 from tests.procs import experiment
 
@@ -57,8 +58,8 @@ async def test_accepted_then_duplicate_and_counted_once(
     assert not rds.exists(
         keys.arm_totals("fb-once", "treatment" if arm == "control" else "control")
     )
-    unit = rds.hgetall(keys.unit_totals("fb-once", arm, "fb-user"))
-    assert float(unit["fb:thumbs_up"]) == 1 and float(unit["requests"]) == 1
+    unit = decode_unit_totals(rds.hget(keys.unit_totals("fb-once", arm), "fb-user") or "")
+    assert unit["fb:thumbs_up"] == 1 and unit["requests"] == 1
     assert (
         f'abgate_feedback_total{{arm="{arm}",experiment="fb-once",route="fb-once-route",'
         'signal="thumbs_up"} 1.0' in metrics

@@ -12,7 +12,9 @@ import openai
 import pytest
 import redis
 
+from router import keys
 from router.runtime.embedded_redis import EmbeddedRedis
+from router.signals.readmodel import decode_unit_totals
 from tests.procs import Proc, experiment, gateway
 
 pytestmark = pytest.mark.integration
@@ -95,8 +97,8 @@ def test_official_flow_attributes_feedback_to_arm_and_unit(fgw: Proc, r: redis.R
         "thumbs_up", 0) + 1  # fmt: skip
     assert after["units"]["s1"]["fb:thumbs_up"] == before["units"]["s1"].get("fb:thumbs_up", 0) + 1
     assert after["units"]["s1"]["votes"] == before["units"]["s1"].get("votes", 0) + 1
-    unit = r.hgetall(f"abgate:{{fb}}:unit:{arm}:flow-user")
-    assert float(unit["fb:thumbs_up"]) == 1 and float(unit["requests"]) == 1
+    unit = decode_unit_totals(r.hget(keys.unit_totals("fb", arm), "flow-user") or "")
+    assert unit["fb:thumbs_up"] == 1 and unit["requests"] == 1
     metrics = httpx.get(fgw.url + "/metrics").text
     assert (
         f'abgate_feedback_total{{arm="{arm}",experiment="fb",route="fb-route",signal="thumbs_up"}}'

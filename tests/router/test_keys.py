@@ -60,9 +60,9 @@ def test_lua_builds_the_same_names_as_python(rds: redis.Redis) -> None:
         + """
 local tag = exp_tag(ARGV[1])
 return {tag, request_key(ARGV[2]), arm_key(tag, ARGV[3]), unit_sums_key(tag, ARGV[3]),
-        unit_key(tag, ARGV[3], ARGV[4]), minute_key(tag, ARGV[3], ARGV[5]), events_key(tag),
+        unit_key(tag, ARGV[3]), minute_key(tag, ARGV[3], ARGV[5]), events_key(tag),
         feedback_key(tag, ARGV[2]), last_key(tag, ARGV[4]), capture_key(tag, ARGV[2]),
-        captures_key(tag)}
+        captures_key(tag), ended_key(tag)}
 """
     )
     exp, rid, arm, unit, minute = "exp.1-a", "req_" + "ab" * 16, "treatment", "user:42|x", "7"
@@ -72,13 +72,14 @@ return {tag, request_key(ARGV[2]), arm_key(tag, ARGV[3]), unit_sums_key(tag, ARG
         keys.request(rid),
         keys.arm_totals(exp, arm),
         keys.unit_sums(exp, arm),
-        keys.unit_totals(exp, arm, unit),
+        keys.unit_totals(exp, arm),
         keys.minute(exp, arm, int(minute)),
         keys.events(exp),
         keys.feedback_seen(exp, rid),
         keys.last_prompt(exp, unit),
         keys.capture(exp, rid),
         keys.captures(exp),
+        keys.ended(exp),
     ]
 
 

@@ -1,5 +1,7 @@
 """Property: the incrementally maintained unit-level sums equal the sums recomputed from the
-raw per-unit totals, and those equal an independent model of the same operations."""
+raw per-unit totals, and those equal an independent model of the same operations: requests
+(succeeded, failed, or left by their client), feedback, and the end of the experiment, after
+which events still on their way and late feedback are recorded but no unit is counted anew."""
 
 from __future__ import annotations
 
@@ -13,13 +15,21 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from router import keys
+from router.control.retention import Retention, queue_lifetimes
+from router.experiments import Experiment
 from router.runtime.embedded_redis import EmbeddedRedis
 from router.signals.lua import FEEDBACK, RECORD_EVENTS
+from router.signals.readmodel import decode_unit_totals
 
 EXP = "prop"
-TAG = f"abgate:{{{EXP}}}:"
 UNITS = ["u1", "u2", "u3", "u4", ""]
 SIGNALS = ["thumbs_up", "thumbs_down", "escalation", "resolved", "csat"]
+OUTCOMES = ["", "status_500", "stream_timeout", "client_closed"]
+#: status sent, and the status class counted (a stream that broke after its 200 is a 5xx)
+STATUS = {"": (200, "2xx"), "status_500": (500, "5xx"), "stream_timeout": (200, "5xx"),
+          "client_closed": (499, "4xx")}  # fmt: skip
+RETENTION = Retention(ended_seconds=3000, feedback_window_seconds=3600)
 
 request_op = st.tuples(
     st.just("request"),
@@ -28,7 +38,7 @@ request_op = st.tuples(
     st.floats(0.5, 5000, allow_nan=False),  # latency
     st.one_of(st.just(-1.0), st.floats(0.1, 500)),  # ttft (-1: not streamed)
     st.integers(0, 300),  # completion tokens
-    st.booleans(),  # error
+    st.sampled_from(OUTCOMES),
 )
 feedback_op = st.tuples(
     st.just("feedback"),
@@ -36,6 +46,7 @@ feedback_op = st.tuples(
     st.sampled_from(SIGNALS),
     st.floats(-10, 10, allow_nan=False),
 )
+end_op = st.tuples(st.just("end"))
 
 
 @pytest.fixture(scope="module")
@@ -46,36 +57,84 @@ def client(redis_server: EmbeddedRedis) -> Iterator[redis.Redis]:
     c.close()
 
 
-def _event(n: int, unit: str, arm: str, lat: float, ttft: float, tokens: int, err: bool) -> bytes:
-    return orjson.dumps({
-        "request_id": f"req_{n:032x}", "ts": 1_800_000_000.0 + n, "experiment": EXP,
-        "route": "r", "arm": arm, "unit": unit, "model": "m", "status": 500 if err else 200,
-        "error": "status_500" if err else "", "stream": int(ttft >= 0), "latency_ms": lat,
-        "ttft_ms": ttft, "prompt_tokens": 7, "completion_tokens": tokens, "cost_usd": tokens * 1e-6,
-        "ttl": 3600, "regen": 0, "fp": "",
-    })  # fmt: skip
+def _event(n: int, unit: str, arm: str, lat: float, ttft: float, tokens: int, err: str) -> bytes:
+    status = STATUS[err][0]
+    return orjson.dumps(
+        {
+            "request_id": f"req_{n:032x}",
+            "ts": 1_800_000_000.0 + n,
+            "experiment": EXP,
+            "route": "r",
+            "arm": arm,
+            "unit": unit,
+            "model": "m",
+            "status": status,
+            "error": err,
+            "stream": int(ttft >= 0),
+            "latency_ms": lat,
+            "ttft_ms": ttft,
+            "prompt_tokens": 7,
+            "completion_tokens": tokens,
+            "cost_usd": tokens * 1e-6,
+            "ttl": 3600,
+            "regen": 0,
+            "fp": "",
+        }
+    )
+
+
+def _end(client: redis.Redis) -> None:
+    """The experiment is rolled back: the commands the config store's transaction runs."""
+    target = {"base_url": "http://127.0.0.1:1/v1", "model": "m"}
+    running = Experiment.model_validate(
+        {
+            "name": EXP,
+            "route": "r",
+            "control": target,
+            "treatment": target,
+            "treatment_percent": 50.0,
+        }
+    )
+    ended = running.model_copy(update={"state": "rolled_back"})
+    pipe = client.pipeline(transaction=True)
+    queue_lifetimes(pipe, {EXP: running}, {EXP: ended}, RETENTION)
+    pipe.execute()
 
 
 @settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(st.lists(st.one_of(request_op, feedback_op), min_size=1, max_size=40))
+@given(st.lists(st.one_of(request_op, feedback_op, end_op), min_size=1, max_size=40))
 def test_unit_sums_match_recomputation(client: redis.Redis, ops: list[tuple]) -> None:  # type: ignore[type-arg]
     client.flushall()
     record = client.register_script(RECORD_EVENTS)
     feedback = client.register_script(FEEDBACK)
     model: dict[tuple[str, str], dict[str, float]] = defaultdict(lambda: defaultdict(float))
-    requests: list[tuple[str, str]] = []
+    totals: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    requests: list[tuple[str, str, int]] = []  # (unit, arm, op position)
     seen: set[tuple[int, str]] = set()
+    ended = False
     for n, op in enumerate(ops):
-        if op[0] == "request":
+        if op[0] == "end":
+            if not ended:
+                _end(client)
+            ended = True
+        elif op[0] == "request":
             _, unit, arm, lat, ttft, tokens, err = op
             record(args=[1000, 3600, _event(n, unit, arm, lat, ttft, tokens, err)])
-            requests.append((unit, arm))
-            if unit:
+            requests.append((unit, arm, n))
+            t = totals[arm]
+            t["requests"] += 1
+            t["errors"] += int(err not in ("", "client_closed"))
+            t["client_closed"] += int(err == "client_closed")
+            t[f"status_{STATUS[err][1]}"] += 1
+            # after the end, a unit the arm never saw is not counted (its totals would start
+            # from zero): the unit-level sums stay those of the experiment's own units
+            if unit and not (ended and (arm, unit) not in model):
                 m = model[(arm, unit)]
                 m["requests"] += 1
-                m["errors"] += int(err)
+                m["errors"] += int(err not in ("", "client_closed"))
+                m["client_closed"] += int(err == "client_closed")
                 m["latency_ms"] += lat
                 m["prompt_tokens"] += 7
                 m["completion_tokens"] += tokens
@@ -86,13 +145,13 @@ def test_unit_sums_match_recomputation(client: redis.Redis, ops: list[tuple]) ->
         elif requests:
             _, which, signal, value = op
             k = which % len(requests)
-            unit, arm = requests[k]
-            rid = f"req_{[i for i, o in enumerate(ops) if o[0] == 'request'][k]:032x}"
-            fresh = feedback(args=[EXP, rid, arm, unit, signal, value, 3600, 1, 3600])
+            unit, arm, pos = requests[k]
+            fresh = feedback(args=[EXP, f"req_{pos:032x}", arm, unit, signal, value, 3600, 1, 3600])
             assert fresh == int((k, signal) not in seen)
             if (k, signal) not in seen:
                 seen.add((k, signal))
-                if unit:
+                totals[arm][f"fb:{signal}"] += 1
+                if unit and (arm, unit) in model:
                     m = model[(arm, unit)]
                     m[f"fb:{signal}"] += 1
                     m[f"fv:{signal}"] += value
@@ -102,9 +161,13 @@ def test_unit_sums_match_recomputation(client: redis.Redis, ops: list[tuple]) ->
     moved_in = 0
     arms_of_units: list[set[str]] = []
     for arm in ("control", "treatment"):
+        # the per-arm totals count every request, errors and client closes apart
+        agg = {f: float(v) for f, v in client.hgetall(keys.arm_totals(EXP, arm)).items()}
+        for f, v in totals[arm].items():
+            assert agg.get(f, 0.0) == v, (arm, f)
         per_unit = {
-            key.rsplit(":", 1)[1]: {f: float(v) for f, v in client.hgetall(key).items()}
-            for key in client.scan_iter(f"{TAG}unit:{arm}:*")
+            unit: decode_unit_totals(raw)
+            for unit, raw in client.hgetall(keys.unit_totals(EXP, arm)).items()
         }
         # the per-unit totals equal the independent model
         expected = {u: dict(v) for (a, u), v in model.items() if a == arm}
@@ -113,11 +176,11 @@ def test_unit_sums_match_recomputation(client: redis.Redis, ops: list[tuple]) ->
             for f, v in fields.items():
                 assert per_unit[unit].get(f, 0.0) == pytest.approx(v, rel=1e-9, abs=1e-9), (unit, f)
         # the maintained sums equal the sums recomputed from the per-unit totals
-        sums = {f: float(v) for f, v in client.hgetall(f"{TAG}units:{arm}").items()}
+        sums = {f: float(v) for f, v in client.hgetall(keys.unit_sums(EXP, arm)).items()}
         assert int(sums.pop("n", 0)) == len(per_unit)
         moved_in += int(sums.pop("moved_in", 0))
         arms_of_units.append(set(per_unit))
-        fields = {f for totals in per_unit.values() for f in totals}
+        fields = {f for t in per_unit.values() for f in t}
         for f in fields:
             s1 = sum(t.get(f, 0.0) for t in per_unit.values())
             s2 = sum(t.get(f, 0.0) ** 2 for t in per_unit.values())
@@ -128,8 +191,34 @@ def test_unit_sums_match_recomputation(client: redis.Redis, ops: list[tuple]) ->
         for num, den in pairs:
             x = sum(t.get(num, 0.0) * t.get(den, 0.0) for t in per_unit.values())
             assert sums.get(f"x:{num}|{den}", 0.0) == pytest.approx(x, rel=1e-9, abs=1e-6)
-        unused = set(itertools.chain(sums)) - {f"s1:{f}" for f in fields} - {
-            f"s2:{f}" for f in fields} - {f"x:{a}|{b}" for a, b in pairs}  # fmt: skip
+        unused = (
+            set(itertools.chain(sums))
+            - {f"s1:{f}" for f in fields}
+            - {f"s2:{f}" for f in fields}
+            - {f"x:{a}|{b}" for a, b in pairs}
+        )
         assert not unused, unused
+        # after the end the per-unit totals expire after the retention; before, never
+        ttl = client.ttl(keys.unit_totals(EXP, arm))
+        if per_unit:
+            assert (0 < ttl <= 3600) if ended else ttl == -1
     # a unit seen in both arms was counted as moved once, by the arm it reached second
     assert moved_in == len(arms_of_units[0] & arms_of_units[1])
+    if any(op[0] == "request" for op in ops):
+        ttl = client.ttl(keys.events(EXP))
+        assert (0 < ttl <= 3600) if ended else ttl == -1
+
+
+def test_totals_survive_the_encoding_exactly(client: redis.Redis) -> None:
+    """Stored totals read back as the same doubles, however many digits they need."""
+    client.flushall()
+    record = client.register_script(RECORD_EVENTS)
+    values = [0.1, 1 / 3, 123.456, 2.5e-7, 98765.4321, 1e15 + 0.5, 7.0]
+    for n, v in enumerate(values):
+        record(args=[1000, 3600, _event(n, "u", "control", v, -1, 0, "")])
+    stored = decode_unit_totals(client.hget(keys.unit_totals(EXP, "control"), "u") or "")
+    expected = 0.0
+    for v in values:
+        expected += v
+    assert stored["latency_ms"] == expected  # the same additions, in the same order
+    assert stored["requests"] == len(values)

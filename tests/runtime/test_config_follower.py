@@ -127,10 +127,10 @@ async def test_watch_follows_published_changes_and_updates_the_unit_gauges(
 ) -> None:  # fmt: skip
     settings = Settings(redis_url=redis_url, config_poll_seconds=0.2)
     follower = _follower(settings, aredis, replicas, metrics)
-    rds.hset(keys.unit_sums("one", "control"), "n", 3)
     task = asyncio.create_task(follower.watch())
     try:
         await _put(ConfigStore(aredis), experiment("one", "route-one"))
+        rds.hset(keys.unit_sums("one", "control"), "n", 3)  # after its creation, which clears
         await _eventually(lambda: follower.table.version == 1)
         labels = {"route": "route-one", "experiment": "one", "arm": "control"}
         await _eventually(lambda: registry.get_sample_value("abgate_experiment_units", labels) == 3)
