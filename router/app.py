@@ -7,6 +7,13 @@ clients in order and closes them in reverse.
 Errors reach clients in the OpenAI shape (`router.http.error_body`) with a fresh request id. A
 `RedisError` that escapes a route becomes a 503 with a generic message: its text names hosts
 and internals, so it goes to the log only.
+
+The OpenAPI document (`/openapi.json`) is an admin route: it needs an admin token. There is no
+`/docs` page. With `ABGATE_ADMIN_PORT` set, the process listens on two ports (router/cli/serve.py)
+and `GatewayApp` answers each request by the port it arrived on (`scope["server"]`): the admin
+API, `/metrics` and `/openapi.json` only on the admin port, the data plane (completions,
+`/v1/models`, feedback) only on the other, `/healthz` and `/readyz` on both (the data plane's
+`/readyz` without the replicas' URLs); anything else is 404 as an unknown path is.
 """
 
 from __future__ import annotations
@@ -26,9 +33,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from router.admin import actions, adapters, audit, experiments, flywheel, reports
-from router.admin.deps import warn_about_admin_mode
+from router.admin.deps import ADMIN_AUTH, AdminAuth, warn_about_admin_mode
 from router.dataplane.proxy import Proxy
-from router.errors import GatewayError, StoreUnavailable
+from router.errors import ConfigError, GatewayError, StoreUnavailable
 from router.http import Receive, Scope, Send, error_body, new_request_id
 from router.runtime.gateway import Gateway
 from router.settings import Settings
@@ -48,21 +55,64 @@ ADMIN_ROUTERS = (
 )
 
 
+# Served only on the admin port when there is one; /docs is on that list although no page is
+# served there, so that the data plane answers it as any other unknown path.
+ADMIN_PATHS = frozenset({"/metrics", "/openapi.json", "/docs", "/redoc"})
+BOTH_PORTS = frozenset({"/healthz", "/readyz"})
+
+
+def is_admin_path(path: str) -> bool:
+    """A path of the admin side (the admin API, metrics, the OpenAPI document)."""
+    path = path.rstrip("/") or "/"
+    return path in ADMIN_PATHS or path == "/admin" or path.startswith("/admin/")
+
+
+def on_admin_port(scope: Scope, admin_port: int | None) -> bool:
+    server = scope.get("server")
+    return admin_port is not None and server is not None and server[1] == admin_port
+
+
 class GatewayApp:
-    """ASGI entrypoint: completions to the proxy, the rest to FastAPI."""
+    """ASGI entrypoint: completions to the proxy, the rest to FastAPI; with an admin port, each
+    path only on its own port."""
 
     def __init__(self, gateway: Gateway, api: FastAPI) -> None:
         self.gateway = gateway
         self.api = api
         self._proxy = Proxy(gateway)
+        self._admin_port = gateway.settings.admin_port
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            upstream_path = PROXY_PATHS.get(scope["path"])
-            if upstream_path is not None:
-                await self._proxy(scope, receive, send, upstream_path)
+        if scope["type"] == "http":
+            if self._admin_port is not None and not self._on_its_port(scope):
+                await _not_found(send)
                 return
+            if scope["method"] == "POST":
+                upstream_path = PROXY_PATHS.get(scope["path"])
+                if upstream_path is not None:
+                    await self._proxy(scope, receive, send, upstream_path)
+                    return
         await self.api(scope, receive, send)
+
+    def _on_its_port(self, scope: Scope) -> bool:
+        path = scope["path"]
+        if path.rstrip("/") in BOTH_PORTS:
+            return True
+        return is_admin_path(path) == on_admin_port(scope, self._admin_port)
+
+
+async def _not_found(send: Send) -> None:
+    """What FastAPI answers for an unknown path (so the data plane does not tell that an admin
+    API exists elsewhere)."""
+    rid = new_request_id()
+    body = error_body("Not Found", "invalid_request_error", None, None, rid)
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"x-request-id", rid.encode()),
+    ]
+    await send({"type": "http.response.start", "status": 404, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _json_error(
@@ -132,11 +182,15 @@ def _add_service_routes(api: FastAPI, gateway: Gateway) -> None:
         return {"status": "ok"}
 
     @api.get("/readyz")
-    async def readyz() -> Response:
+    async def readyz(request: Request) -> Response:
         """Ready once a configuration was loaded. Redis being away degrades, not un-readies:
         the gateway keeps serving its last config and buffers events; replicas being out do
-        not either: requests still go to them (docs/operations.md)."""
+        not either: requests still go to them (docs/operations.md). With an admin port, the
+        replicas (their URLs and last errors) are listed on that port only."""
         body = gateway.readiness()
+        admin_port = gateway.settings.admin_port
+        if admin_port is not None and not on_admin_port(request.scope, admin_port):
+            body.pop("replicas", None)
         return JSONResponse(body, status_code=200 if body["ready"] else 503)
 
     @api.get("/metrics")
@@ -149,8 +203,15 @@ def _add_service_routes(api: FastAPI, gateway: Gateway) -> None:
     async def models() -> dict[str, object]:
         return {"object": "list", "data": await gateway.models()}
 
+    @api.get("/openapi.json", include_in_schema=False, dependencies=ADMIN_AUTH)
+    async def openapi() -> Response:
+        """The OpenAPI document, for admins only: it maps the whole admin API."""
+        return JSONResponse(api.openapi())
+
 
 def create_app(settings: Settings, registry: CollectorRegistry | None = None) -> GatewayApp:
+    if settings.admin_port is not None and settings.admin_port == settings.port:
+        raise ConfigError("ABGATE_ADMIN_PORT must differ from ABGATE_PORT")
     gateway = Gateway(settings, registry)
 
     @asynccontextmanager
@@ -170,13 +231,15 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     api = FastAPI(
         title="abgate",
         lifespan=lifespan,
+        openapi_url=None,  # served by an admin route instead (below)
         docs_url=None,
         redoc_url=None,
         exception_handlers=ERROR_HANDLERS,
     )
     api.state.gateway = gateway  # what the admin routes' `get_gateway` dependency reads
+    api.state.admin_auth = AdminAuth(settings)  # what their `require_admin` reads
     _add_service_routes(api, gateway)
-    warn_about_admin_mode(settings)
+    warn_about_admin_mode(settings, api.state.admin_auth)
     for admin_router in ADMIN_ROUTERS:
         api.include_router(admin_router)
     api.include_router(build_feedback_router(gateway))

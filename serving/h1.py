@@ -464,9 +464,14 @@ class H1Pool:
             str(len(body)).encode(),
             b"\r\n",
         ]
-        for name, value in headers:
-            head += [name.encode("latin-1"), b": ", value.encode("latin-1"), b"\r\n"]
-        head += [b"\r\n", body]
+        fields = "".join([f"{name}: {value}\r\n" for name, value in headers]).encode("latin-1")
+        if fields.count(b"\n") != len(headers) or fields.count(b"\r") != len(headers):
+            # a CR or LF inside a name or value would write headers of its own (or a request)
+            raise UpstreamProtocolError(
+                f"a header for {self.url} holds CR or LF; the request was not sent",
+                base_url=self.url,
+            )
+        head += [fields, b"\r\n", body]
         payload = b"".join(head)
         for attempt in (0, 1):
             conn, fresh = await self._acquire(connect_timeout)

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Response
 from router.admin.deps import (
     ADMIN_AUTH,
     ADMIN_ERRORS,
-    Actor,
+    AdminActor,
     ExperimentName,
     GatewayDep,
     IfMatch,
@@ -43,9 +43,9 @@ def _endpoint(action: Action) -> ActionEndpoint:
         name: ExperimentName,
         response: Response,
         gateway: GatewayDep,
+        actor: AdminActor,
         body: ActionRequest | None = None,
         if_match: IfMatch = None,
-        x_abgate_actor: Actor = "admin-api",
     ) -> Experiment:
         version = parse_if_match(if_match)
         reason = body.reason if body is not None else ""
@@ -60,7 +60,7 @@ def _endpoint(action: Action) -> ActionEndpoint:
         exp = require_experiment(
             name,
             await change(
-                gateway, name, apply, actor=x_abgate_actor, action=action, reason=reason,
+                gateway, name, apply, actor=actor, action=action, reason=reason,
                 if_match=version,
             ),
         )  # fmt: skip

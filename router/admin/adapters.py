@@ -17,7 +17,7 @@ from redis.exceptions import RedisError
 from router.admin.deps import (
     ADMIN_AUTH,
     ADMIN_ERRORS,
-    Actor,
+    AdminActor,
     ExperimentName,
     GatewayDep,
     change,
@@ -164,7 +164,7 @@ async def swap(
     name: ExperimentName,
     body: SwapRequest,
     gateway: GatewayDep,
-    x_abgate_actor: Actor = "admin-api",
+    actor: AdminActor,
 ) -> Experiment:
     """Repoint the treatment to a new adapter that is ready on every replica, atomically
     (versioned and audited); then drain and optionally unload the old one."""
@@ -188,7 +188,7 @@ async def swap(
     reason = body.reason or f"{old} -> {new}"
     swapped = require_experiment(
         name,
-        await change(gateway, name, repoint, actor=x_abgate_actor, action="swap", reason=reason),
+        await change(gateway, name, repoint, actor=actor, action="swap", reason=reason),
     )
     if body.unload_old and not _in_use(gateway, old):
         task = asyncio.create_task(_retire(gateway, old, body.drain_seconds))

@@ -20,6 +20,7 @@ from router.admin.deps import (
     require_experiment,
 )
 from router.control.store import read_audit
+from router.secrets import mask_experiment
 from router.signals.readmodel import read_snapshot
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=ADMIN_AUTH, responses=ADMIN_ERRORS)
@@ -46,6 +47,5 @@ async def report(name: ExperimentName, gateway: GatewayDep) -> Report:
     raw = await gateway.redis.xrange(keys.decisions(name))
     audit_rows = await read_audit(gateway.redis, name, 1000)
     decisions = [Decision.model_validate_json(f[b"json"]) for _, f in raw or [] if f]
-    return build_report(
-        exp.model_dump(mode="json"), snap, decisions, list(reversed(audit_rows)), time.time()
-    )
+    shown = mask_experiment(exp).model_dump(mode="json")
+    return build_report(shown, snap, decisions, list(reversed(audit_rows)), time.time())

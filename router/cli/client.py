@@ -8,11 +8,13 @@ that is redirected is reported, never replayed somewhere else without its body.
 Every failure becomes one line on stderr and an exit code (router/cli/common.py): 1 the gateway
 refused, 3 it could not be reached. A 401 says whether a token was sent at all, since the
 gateway answers the same status for a missing and a wrong one.
+
+The client claims no identity: the gateway audits a change under the name of the admin token it
+came with (`ABGATE_ADMIN_TOKENS`), so one token per operator tells operators apart.
 """
 
 from __future__ import annotations
 
-import getpass
 import json
 import socket
 import urllib.error
@@ -29,13 +31,6 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None  # urllib then raises HTTPError with the 3xx status
 
 
-def _actor() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return "cli"
-
-
 class AdminClient:
     """A thin client of the admin API with errors turned into one-line exits."""
 
@@ -44,7 +39,7 @@ class AdminClient:
             fail(f"--url must be an http(s) URL such as {DEFAULT_URL}, not {url!r}", code=2)
         self.url = url.rstrip("/")
         self._token = token or None
-        self._headers = {"X-ABGate-Actor": _actor(), "Accept": "application/json"}
+        self._headers = {"Accept": "application/json"}
         if self._token:
             self._headers["Authorization"] = f"Bearer {self._token}"
         self._opener = urllib.request.build_opener(_NoRedirect)

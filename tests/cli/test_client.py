@@ -71,7 +71,7 @@ def refusal(capsys: pytest.CaptureFixture[str], client: AdminClient, path: str) 
 def test_answers_and_parameters(server: str) -> None:
     got = AdminClient(server, TOKEN).call("GET", "/admin/audit", params={"limit": 5, "e": "a b"})
     assert got["path"] == "/admin/audit?limit=5&e=a+b"
-    assert got["actor"].startswith("cli")
+    assert got["actor"] is None  # the gateway names the actor after the token, not a header
     sent = AdminClient(server + "/", TOKEN).call(
         "POST", "/admin/x", json={"reason": "ü"}, headers={"If-Match": '"3"'}
     )

@@ -151,7 +151,7 @@ async def test_lifecycle_changes_assignment_at_once_and_is_audited(
         entries = audit.json()["entries"]
     assert [e["action"] for e in reversed(entries)] == ["create", "start", "rollback"]
     last = entries[0]
-    assert last["reason"] == "complaints" and last["actor"] == "admin-api"
+    assert last["reason"] == "complaints" and last["actor"] == "admin"
     assert last["before"]["state"] == "running" and last["after"]["state"] == "rolled_back"
     assert entries[-1]["before"] is None
     rows: list[tuple[str, dict[str, str]]] = rds.xrange(keys.AUDIT)  # type: ignore[assignment]

@@ -142,7 +142,7 @@ def test_set_share_is_its_own_audited_action(replicas: list[Proc], emu: Proc) ->
     assert resp.headers["etag"] == f'"{version + 1}"'
     entry = admin(a, "GET", "/audit", params={"experiment": "share"}).json()["entries"][0]
     assert entry["action"] == "set-share"
-    assert (entry["reason"], entry["actor"]) == ("by hand", "admin-api")
+    assert (entry["reason"], entry["actor"]) == ("by hand", "admin")  # ABGATE_ADMIN_TOKEN's name
     assert (entry["before"]["treatment_percent"], entry["after"]["treatment_percent"]) == (5, 30)
 
     # If-Match as for PATCH: a stale version changes nothing, on any gateway instance
@@ -165,12 +165,13 @@ def test_set_share_is_its_own_audited_action(replicas: list[Proc], emu: Proc) ->
                  json={"treatment_percent": 10}).status_code == 404  # fmt: skip
     assert admin(b, "GET", "/experiments/share").json()["treatment_percent"] == 30
 
-    # without If-Match and reason, from another gateway instance, with an actor
+    # without If-Match and reason, from another gateway instance; a claimed actor is ignored:
+    # the actor is the token's name
     ok = admin(b, "POST", "/experiments/share/share", json={"treatment_percent": 12.5},
                headers={"X-Abgate-Actor": "oncall"})  # fmt: skip
     assert ok.status_code == 200 and ok.json()["treatment_percent"] == 12.5
     entry = admin(a, "GET", "/audit", params={"experiment": "share"}).json()["entries"][0]
-    assert (entry["action"], entry["reason"], entry["actor"]) == ("set-share", "", "oncall")
+    assert (entry["action"], entry["reason"], entry["actor"]) == ("set-share", "", "admin")
 
     # a final experiment keeps its share, as with PATCH
     assert admin(a, "POST", "/experiments/share/rollback").is_success
@@ -243,7 +244,7 @@ def test_lifecycle_transitions_and_audit(replicas: list[Proc], emu: Proc) -> Non
     assert actions == ["create", "start", "advance", "pause", "resume", "advance", "advance",
                        "advance", "promote", "rollback"]  # fmt: skip
     last = entries[0]
-    assert last["reason"] == "complaints" and last["actor"] == "admin-api"
+    assert last["reason"] == "complaints" and last["actor"] == "admin"
     assert last["before"]["state"] == "promoted" and last["after"]["state"] == "rolled_back"
     assert [e["version"] for e in entries] == sorted((e["version"] for e in entries), reverse=True)
     assert entries[-1]["before"] is None

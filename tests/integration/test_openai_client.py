@@ -93,10 +93,16 @@ def test_legacy_completions(gw: Proc) -> None:
     assert "".join(c.choices[0].text for c in streamed if c.choices) == completion.choices[0].text
 
 
-def test_models_lists_routes_and_upstream_models(gw: Proc) -> None:
+def test_models_lists_the_route_aliases_and_nothing_behind_them(gw: Proc) -> None:
+    """The official client reads the list; without a default upstream it holds the aliases
+    only: the arms' models, and the adapter's filesystem root, stay behind the gateway."""
     with _client(gw) as client:
-        ids = {m.id for m in client.models.list()}
-    assert {"ab50-route", "support-bot", "base", "lora-a"} <= ids
+        models = list(client.models.list())
+    ids = {m.id for m in models}
+    assert {"ab50-route", "support-bot"} <= ids
+    assert not ids & {"base", "lora-a"}
+    assert all(set(m.model_dump(exclude_none=True)) <= {"id", "object", "created", "owned_by"}
+               for m in models)  # fmt: skip
 
 
 def test_stream_is_relayed_as_it_arrives(gw: Proc) -> None:
