@@ -17,11 +17,22 @@ from router.signals.redact import Redactor
 
 SHAPES = {
     "prose with PII": "call me at 555-123-4567 or mail ana.b@example.com about order 1234. ",
+    "prose with cards": "card 4111 1111 1111 1111. or 4111.1111.1111.1111, josé@exemple.fr ",
     "hex run": "a1b2c3d4",
     "digit run": "1",
     "digits and spaces": "1 ",
+    "digit groups": "1111 ",
+    "double-spaced": "1111  ",
+    "dotted groups": "1234.",
+    "dashed groups": "1234-",
+    "full-width groups": "\uff11\uff11\uff11\uff11 ",
+    "decimals": "3.14159 ",
     "at signs": "a@",
+    "at run": "@",
     "dotted": "a.",
+    "at and dots": "a.@.",
+    "unicode local": "é@",
+    "unicode domain": "ü.",
     "phone-like": "(555) 123-",
 }
 

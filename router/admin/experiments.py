@@ -2,8 +2,9 @@
 `POST /admin/experiments/{name}/share` (a PATCH of the treatment's share alone, audited as
 `set-share`).
 
-A write names its actor in `X-Abgate-Actor` (audited) and may carry `If-Match` with the
-experiment's version (412 when stale); the answer carries the new version as `ETag`.
+A write is audited with the name of the admin token it came with as its actor, and may carry
+`If-Match` with the experiment's version (412 when stale); the answer carries the new version as
+`ETag`. Experiments are answered with the targets' `api_key` masked (router/secrets.py).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from router import keys
 from router.admin.deps import (
     ADMIN_AUTH,
     ADMIN_ERRORS,
-    Actor,
+    AdminActor,
     ExperimentName,
     GatewayDep,
     IfMatch,
@@ -27,10 +28,11 @@ from router.admin.deps import (
     require_experiment,
 )
 from router.control.evalgate import check_start
-from router.control.lifecycle import ExperimentPatch, ShareRequest, patch
+from router.control.lifecycle import ExperimentPatch, ShareRequest, dropped_redaction, patch
 from router.errors import Conflict, Unprocessable
 from router.experiments import Experiment
 from router.runtime.gateway import Gateway
+from router.secrets import mask_experiment
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=ADMIN_AUTH, responses=ADMIN_ERRORS)
 
@@ -64,7 +66,8 @@ async def list_experiments(gateway: GatewayDep) -> ExperimentList:
     return ExperimentList(
         version=doc.version,
         experiments=[
-            ExperimentStatus(experiment=e, arms=counts[n]) for n, e in doc.experiments.items()
+            ExperimentStatus(experiment=mask_experiment(e), arms=counts[n])
+            for n, e in doc.experiments.items()
         ],
     )
 
@@ -74,7 +77,7 @@ async def create_experiment(
     body: Experiment,
     response: Response,
     gateway: GatewayDep,
-    x_abgate_actor: Actor = "admin-api",
+    actor: AdminActor,
 ) -> Experiment:
     if body.state not in ("draft", "running"):
         raise Unprocessable(
@@ -95,7 +98,7 @@ async def create_experiment(
 
     exp = require_experiment(
         body.name,
-        await change(gateway, body.name, create, actor=x_abgate_actor, action="create", reason=""),
+        await change(gateway, body.name, create, actor=actor, action="create", reason=""),
     )
     response.headers["ETag"] = f'"{exp.version}"'
     return exp
@@ -108,7 +111,7 @@ async def get_experiment(
     doc = await gateway.store.load()
     exp = require_experiment(name, doc.experiments.get(name))
     response.headers["ETag"] = f'"{exp.version}"'
-    return exp
+    return mask_experiment(exp)
 
 
 @router.patch("/experiments/{name}", response_model=Experiment)
@@ -117,16 +120,27 @@ async def patch_experiment(
     body: ExperimentPatch,
     response: Response,
     gateway: GatewayDep,
+    actor: AdminActor,
     if_match: IfMatch = None,
-    x_abgate_actor: Actor = "admin-api",
 ) -> Experiment:
+    """A JSON merge patch (RFC 7396) of the experiment: objects merged member by member, `null`
+    resets a member to its default, arrays and values replace (docs/admin.md). Sent as
+    `application/json` or `application/merge-patch+json`. A change that removes redaction rules
+    from a capture that stays on is audited as `drop-redaction` rather than `patch`."""
     version = parse_if_match(if_match)
     gated = body.treatment is not None or body.requires_eval_report is not None
     records = await eval_records(gateway, None) if gated else {}
+    # The audit action depends on the current document: decided on a read here, and checked
+    # again inside the transaction (a concurrent change that flips it answers 409).
+    action = _patch_action((await gateway.store.load()).experiments.get(name), body)
 
     def apply(current: Experiment | None, exps: dict[str, Experiment]) -> Experiment:
         before = require_experiment(name, current)
         after = patch(before, body)
+        if ("drop-redaction" if dropped_redaction(before, after) else "patch") != action:
+            raise Conflict(
+                f"experiment {name!r} changed while this PATCH was applied; read it and retry"
+            )
         live = after.state in ("running", "paused")
         if live and after.treatment.model != before.treatment.model:
             check_start(after, records)  # a new treatment model goes live: same gate
@@ -135,12 +149,24 @@ async def patch_experiment(
     exp = require_experiment(
         name,
         await change(
-            gateway, name, apply, actor=x_abgate_actor, action="patch", reason=body.reason,
+            gateway, name, apply, actor=actor, action=action, reason=body.reason,
             if_match=version,
         ),
     )  # fmt: skip
     response.headers["ETag"] = f'"{exp.version}"'
     return exp
+
+
+def _patch_action(current: Experiment | None, body: ExperimentPatch) -> str:
+    """`drop-redaction` when the PATCH removes redaction rules from a capture that stays on,
+    else `patch` (also when it is refused: the transaction then says why)."""
+    if current is None:
+        return "patch"
+    try:
+        after = patch(current, body)
+    except (Conflict, Unprocessable):
+        return "patch"
+    return "drop-redaction" if dropped_redaction(current, after) else "patch"
 
 
 @router.post(
@@ -151,8 +177,8 @@ async def set_share(
     body: ShareRequest,
     response: Response,
     gateway: GatewayDep,
+    actor: AdminActor,
     if_match: IfMatch = None,
-    x_abgate_actor: Actor = "admin-api",
 ) -> Experiment:
     """What `abgate set-share` calls: the same change and checks as a PATCH of
     `treatment_percent`, named `set-share` in the audit log."""
@@ -165,7 +191,7 @@ async def set_share(
     exp = require_experiment(
         name,
         await change(
-            gateway, name, apply, actor=x_abgate_actor, action="set-share", reason=body.reason,
+            gateway, name, apply, actor=actor, action="set-share", reason=body.reason,
             if_match=version,
         ),
     )  # fmt: skip
@@ -177,8 +203,8 @@ async def set_share(
 async def delete_experiment(
     name: ExperimentName,
     gateway: GatewayDep,
+    actor: AdminActor,
     if_match: IfMatch = None,
-    x_abgate_actor: Actor = "admin-api",
 ) -> Deleted:
     version = parse_if_match(if_match)
 
@@ -190,9 +216,7 @@ async def delete_experiment(
             )
         return None
 
-    await change(
-        gateway, name, remove, actor=x_abgate_actor, action="delete", reason="", if_match=version
-    )
+    await change(gateway, name, remove, actor=actor, action="delete", reason="", if_match=version)
     return Deleted(deleted=name)
 
 

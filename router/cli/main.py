@@ -12,6 +12,7 @@ import typer
 
 from router.cli import (
     adapters,
+    configure,
     controller,
     demo,
     emulate,
@@ -31,6 +32,7 @@ app = typer.Typer(
 )
 for module in (serve, controller, emulate, demo, operator, report, adapters, evalcmd, flywheel):
     module.register(app)
+configure.register(app)  # `capture` and `policy`
 
 
 def main() -> None:

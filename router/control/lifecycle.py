@@ -10,6 +10,13 @@ States::
 `advance` moves a running experiment to the next of its `ramp_steps`. Promoted and rolled-back
 experiments are final apart from a rollback of a promotion. Functions here are pure: they take
 an experiment and return the changed copy, or raise `Conflict`.
+
+A PATCH is a JSON merge patch (RFC 7396) of the experiment: an object is merged into the
+current value member by member, recursively (`{"capture": {"rate": 1.0}}` changes the rate and
+keeps the redaction rules, `{"treatment": {"model": "m2"}}` keeps the target's URL and key), a
+`null` member is removed and so takes its default (`{"capture": null}` switches capture off),
+and arrays and other values replace the current one whole. The merged document is validated as
+a whole, as a new experiment would be.
 """
 
 from __future__ import annotations
@@ -19,17 +26,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from analysis.types import Policy
 from router.errors import Conflict, Unprocessable
-from router.experiments import (
-    Arm,
-    Capture,
-    CircuitBreaker,
-    Experiment,
-    MissingUnitPolicy,
-    State,
-    Target,
-)
+from router.experiments import Arm, Experiment, MissingUnitPolicy, State
 
 Action = Literal["start", "pause", "resume", "promote", "rollback", "advance"]
 
@@ -51,29 +49,44 @@ TARGET_STATE: dict[Action, State] = {
 }
 
 
+_MERGED = (
+    "Merged into the current value (JSON merge patch: the members sent replace theirs, a null "
+    "member takes its default, the others stay); the result is validated as a whole"
+)
+
+
 class ExperimentPatch(BaseModel):
-    """Fields an operator may change on a live experiment (PATCH). Unset fields stay."""
+    """Fields an operator may change on a live experiment (PATCH), as a JSON merge patch:
+    unset fields stay, `null` resets a field to its default, objects are merged recursively."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
     treatment_percent: float | None = Field(default=None, ge=0, le=100)
     route: str | None = Field(default=None, min_length=1, max_length=200)
-    control: Target | None = None
-    treatment: Target | None = None
+    control: dict[str, Any] | None = Field(default=None, description=f"A target. {_MERGED}")
+    treatment: dict[str, Any] | None = Field(default=None, description=f"A target. {_MERGED}")
     description: str | None = None
-    overrides: dict[str, Arm] | None = None
+    overrides: dict[str, Arm | None] | None = Field(
+        default=None, description="Unit id to arm, merged: a unit set to null loses its override"
+    )
     ramp_steps: list[float] | None = Field(default=None, min_length=1)
     unit_id_headers: list[str] | None = Field(default=None, min_length=1)
     use_body_user: bool | None = None
     missing_unit_policy: MissingUnitPolicy | None = None
     signals: list[str] | None = None
-    policy: Policy | None = None
+    policy: dict[str, Any] | None = Field(
+        default=None, description=f"The controller's policy. {_MERGED}"
+    )
     fallback_to_control: bool | None = None
-    circuit_breaker: CircuitBreaker | None = None
+    circuit_breaker: dict[str, Any] | None = Field(default=None, description=_MERGED)
     detect_regenerations: bool | None = None
     regeneration_window_seconds: float | None = Field(default=None, gt=0, le=86400)
     feedback_window_seconds: int | None = Field(default=None, gt=0, le=90 * 86400)
-    capture: Capture | None = Field(default=None, description="null switches capture off")
+    capture: dict[str, Any] | None = Field(
+        default=None,
+        description=f"null switches capture off. {_MERGED}: a `redact` list sent replaces the "
+        "current one, and one that drops rules is audited as `drop-redaction`",
+    )
     requires_eval_report: bool | None = None
     reason: str = Field(default="", max_length=1000, description="Recorded in the audit log")
 
@@ -120,19 +133,42 @@ def transition(exp: Experiment, action: Action, reason: str = "") -> Experiment:
 
 
 def patch(exp: Experiment, change: ExperimentPatch) -> Experiment:
-    """Apply a PATCH; validation errors come from re-validating the whole experiment."""
+    """Apply a PATCH (a JSON merge patch); validation errors come from re-validating the whole
+    experiment."""
     if exp.state in ("promoted", "rolled_back"):
         raise Conflict(f"experiment {exp.name!r} is {exp.state}; create a new experiment instead")
     fields = change.model_dump(exclude_unset=True, exclude={"reason"})
     if not fields:
         raise Conflict("the PATCH body changes nothing")
-    merged = exp.model_dump() | {k: getattr(change, k) for k in fields}
+    merged = merge_patch(exp.model_dump(), fields)
     try:
         return bump(Experiment.model_validate(merged))
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "body"
         raise Unprocessable(f"{where}: {first['msg']}", param=where) from None
+
+
+def merge_patch(target: Any, change: Any) -> Any:
+    """RFC 7396: `change` applied to `target` (neither is modified)."""
+    if not isinstance(change, dict):
+        return change
+    out = dict(target) if isinstance(target, dict) else {}
+    for key, value in change.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = merge_patch(out.get(key), value)
+    return out
+
+
+def dropped_redaction(before: Experiment, after: Experiment) -> list[str]:
+    """The redaction rules of `before` that `after` no longer applies while it still captures
+    (switching capture off drops nothing: nothing is stored any more)."""
+    if before.capture is None or after.capture is None:
+        return []
+    kept = set(after.capture.redact)
+    return [rule for rule in before.capture.redact if rule not in kept]
 
 
 def bump(exp: Experiment, **update: Any) -> Experiment:

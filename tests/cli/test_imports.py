@@ -58,5 +58,5 @@ def test_every_command_is_still_declared() -> None:
     assert {
         "serve", "controller", "emulate", "demo", "status", "create", "set-share", "start",
         "pause", "resume", "advance", "promote", "rollback", "audit", "report", "adapters",
-        "eval", "flywheel",
+        "eval", "flywheel", "capture", "policy",
     } <= commands  # fmt: skip
