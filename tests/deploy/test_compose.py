@@ -1,4 +1,6 @@
-"""deploy/compose.yaml against the compose specification, and the abgate image's Dockerfile."""
+"""deploy/compose.yaml against the compose specification, and the abgate image's Dockerfile.
+The Redis of compose.yaml starts as deploy/k8s/redis.yaml's does (tests/deploy/test_redis_acl.py
+runs that one)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import sys
 import tomllib
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import setuptools  # type: ignore[import-untyped]
@@ -17,10 +20,11 @@ import yaml
 from router.runtime.gateway import load_config_file
 from router.settings import Settings
 from tests.deploy.artifacts import DEPLOY, ROOT, dockerfile, healthcheck_command
+from tests.deploy.shipped_redis import acl_user, option, shipped
 
 SETTINGS = {f"ABGATE_{name.upper()}" for name in Settings.model_fields}
 SERVICES = {"vllm", "gateway-1", "gateway-2", "controller", "redis", "prometheus", "grafana"}
-_INTERPOLATION = re.compile(r"\$\{(\w+)(?:(:?[-?])([^}]*))?\}")
+_INTERPOLATION = re.compile(r"(?<!\$)\$\{(\w+)(?:(:?[-?])([^}]*))?\}")  # `$$`: a literal `$`
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +32,17 @@ def compose() -> dict[str, Any]:
     return yaml.safe_load((DEPLOY / "compose.yaml").read_text())  # type: ignore[no-any-return]
 
 
-def _interpolate(value: str) -> str:
-    """The value compose uses when the variable is unset (`${X:-default}`)."""
-    return _INTERPOLATION.sub(lambda m: m.group(3) or "", value)
+def _interpolate(value: str, env: dict[str, str] | None = None) -> str:
+    """The value compose uses with the variables `env` (`${X:-default}` when X is unset)."""
+    given = env or {}
+
+    def one(m: re.Match[str]) -> str:
+        if m.group(1) in given:
+            return given[m.group(1)]
+        assert m.group(2) != ":?", f"{m.group(1)} is required"
+        return m.group(3) or ""
+
+    return _INTERPOLATION.sub(one, value).replace("$$", "$")
 
 
 def test_compose_file_is_valid_against_the_compose_specification() -> None:
@@ -59,7 +71,6 @@ def test_services_and_their_wiring(compose: dict[str, Any]) -> None:
         gw = services[name]
         assert gw["command"] == ["serve"] and gw["build"]["dockerfile"] == "deploy/Dockerfile"
         assert (DEPLOY / gw["build"]["context"] / gw["build"]["dockerfile"]).exists()
-        assert gw["environment"]["ABGATE_REDIS_URL"] == "redis://redis:6379/0"
         assert gw["environment"]["ABGATE_HOST"] == "0.0.0.0"
         assert gw["depends_on"]["redis"]["condition"] == "service_healthy"
     ctl = services["controller"]
@@ -67,7 +78,7 @@ def test_services_and_their_wiring(compose: dict[str, Any]) -> None:
     metrics_port = ctl["command"][ctl["command"].index("--metrics-port") + 1]
     assert f"127.0.0.1:{metrics_port}/metrics" in " ".join(ctl["healthcheck"]["test"])
     redis = services["redis"]
-    assert "--appendonly yes" in " ".join(redis["command"]) and redis["volumes"]
+    assert option(redis["command"], "appendonly") == "yes" and redis["volumes"]
     for name, svc in services.items():
         if "build" not in svc:
             image = _interpolate(svc["image"])
@@ -85,7 +96,10 @@ def test_services_and_their_wiring(compose: dict[str, Any]) -> None:
         job["job_name"]: {t for sc in job["static_configs"] for t in sc["targets"]}
         for job in prom["scrape_configs"]
     }
-    assert targets["abgate-gateway"] == {"gateway-1:8080", "gateway-2:8080"}
+    admin = {services[g]["environment"]["ABGATE_ADMIN_PORT"] for g in ("gateway-1", "gateway-2")}
+    assert targets["abgate-gateway"] == {f"gateway-1:{p}" for p in admin} | {
+        f"gateway-2:{p}" for p in admin
+    }  # /metrics is served on the admin port only
     assert targets["abgate-controller"] == {f"controller:{metrics_port}"}
     assert targets["vllm"] == {"vllm:8000"} and "--port=8000" in vllm["command"]
     assert load_config_file(DEPLOY / "abgate.yaml").default_upstream is not None
@@ -101,7 +115,58 @@ def test_every_variable_is_documented_in_env_example(compose: dict[str, Any]) ->
     }
     assert used == example
     required = {m.group(1) for m in _INTERPOLATION.finditer(text) if m.group(2) == ":?"}
-    assert required == {"ABGATE_ADMIN_TOKEN", "GRAFANA_ADMIN_PASSWORD"}  # no default secrets
+    # no default secrets
+    assert required == {"ABGATE_ADMIN_TOKEN", "GRAFANA_ADMIN_PASSWORD", "REDIS_PASSWORD"}
+
+
+def _ports(svc: dict[str, Any]) -> dict[int, str]:
+    """Container port -> the host address it is published on ("" for every interface)."""
+    out = {}
+    for spec in svc.get("ports", []):
+        *host, container = _interpolate(spec).split(":")
+        address = host[0] if len(host) == 2 else ""
+        out[int(container)] = address
+    return out
+
+
+def test_the_admin_api_is_published_on_loopback_only(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for name in ("gateway-1", "gateway-2"):
+        env = services[name]["environment"]
+        data, admin = int(env["ABGATE_PORT"]), int(env["ABGATE_ADMIN_PORT"])
+        assert data != admin
+        assert _ports(services[name]) == {data: "", admin: "127.0.0.1"}, name
+    assert "ports" not in services["redis"] and "ports" not in services["controller"]
+
+
+def test_redis_starts_as_on_kubernetes_with_a_password_and_noeviction(
+    compose: dict[str, Any],
+) -> None:
+    k8s = shipped()
+    redis = compose["services"]["redis"]
+    shell, flags, script, name = redis["entrypoint"]
+    assert [shell, flags, name] == ["sh", "-ec", "redis"]
+    assert _interpolate(script) == k8s.script  # `$$` is compose's literal `$`
+    env = redis["environment"]
+    assert env["REDIS_ACL_RULES"] == k8s.env["REDIS_ACL_RULES"]
+    assert str(Path(env["REDIS_ACL_FILE"]).parent) in redis["tmpfs"]
+    secret = "s3cr3t0123"
+    for var in ("REDIS_PASSWORD", "REDISCLI_AUTH"):
+        assert _interpolate(env[var], {"REDIS_PASSWORD": secret}) == secret
+    command = [_interpolate(x) for x in redis["command"]]
+    assert command[0] == "redis-server" and option(command, "dir") == "/data"
+    assert option(command, "maxmemory-policy") == "noeviction"
+    assert re.fullmatch(r"\d+[mg]b", option(command, "maxmemory"))
+    assert redis["healthcheck"]["test"] == ["CMD-SHELL", k8s.probe]
+    pod = k8s.pod_security  # the image's redis user, who owns /data
+    assert redis["user"] == f"{pod['runAsUser']}:{pod['runAsGroup']}"
+    for name in ("gateway-1", "gateway-2", "controller"):
+        url = urlsplit(
+            _interpolate(compose["services"][name]["environment"]["ABGATE_REDIS_URL"],
+                         {"REDIS_PASSWORD": secret})
+        )  # fmt: skip
+        assert (url.username, url.password) == (acl_user(k8s.script), secret), name
+        assert (url.hostname, url.port) == ("redis", 6379), name
 
 
 def test_dockerfile_is_slim_non_root_with_a_healthcheck() -> None:
