@@ -11,7 +11,9 @@ ratio between sizes shows the growth (about 10x per 10x size when linear).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import time
+from collections.abc import Callable
 
 from router.signals.redact import Redactor
 
@@ -59,6 +61,42 @@ def main() -> None:
         growth = times[-1] / times[0] if times[0] else float("nan")
         cells = "".join(f"{t:14.2f}" for t in times)
         print(f"{name:20s}{cells}   {growth:6.0f}x for {sizes[-1] // sizes[0]}x size")
+    _loop_stall(redact)
+
+
+def _loop_stall(redact: Callable[[str], str]) -> None:
+    """The event loop's longest wait while the largest capturable exchange (512 KiB) of the
+    slowest shape is redacted: on the loop itself, and in a worker thread as the capture writer
+    does (router/signals/capture.py)."""
+    text = ("\uff11\uff11\uff11\uff11 " * (512 * 1024 // 15 + 1))[: 512 * 1024 // 3]
+
+    async def run(in_thread: bool) -> tuple[float, float]:
+        done = asyncio.Event()
+        worst = 0.0
+
+        async def probe() -> None:
+            nonlocal worst
+            while not done.is_set():
+                t0 = time.perf_counter()
+                await asyncio.sleep(0.001)
+                worst = max(worst, time.perf_counter() - t0)
+
+        task = asyncio.create_task(probe())
+        await asyncio.sleep(0.01)
+        t0 = time.perf_counter()
+        if in_thread:
+            await asyncio.to_thread(redact, text)
+        else:
+            redact(text)
+        took = time.perf_counter() - t0
+        done.set()
+        await task
+        return took * 1000, worst * 1000
+
+    print("\nevent loop stall while a 512 KiB full-width digit-group exchange is redacted (ms)")
+    for label, in_thread in (("on the loop", False), ("worker thread", True)):
+        took, worst = min(asyncio.run(run(in_thread)) for _ in range(3))
+        print(f"{label:20s}  redaction {took:8.1f}   longest loop stall {worst:8.1f}")
 
 
 if __name__ == "__main__":
