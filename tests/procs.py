@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -135,3 +136,25 @@ def controller(tmp: Path, redis_url: str, *args: str) -> Iterator[Proc]:
         yield p
     finally:
         p.stop()
+
+
+def metric_sum(text: str, name: str, **labels: str) -> float:
+    """The sum of a Prometheus exposition's samples of `name` whose labels include `labels`
+    (0 when there are none)."""
+    total = 0.0
+    for line in text.splitlines():
+        m = re.match(rf"{name}(?:\{{(.*)\}})? (\S+)$", line)
+        if m and all(f'{k}="{v}"' in (m.group(1) or "") for k, v in labels.items()):
+            total += float(m.group(2))
+    return total
+
+
+def wait_for(what: str, check: Any, timeout: float = 30.0) -> Any:
+    """Poll `check` until it returns something truthy (returned), within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -8,12 +8,10 @@ password both say so and leak nothing."""
 
 from __future__ import annotations
 
-import re
 import shutil
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,17 @@ import redis
 
 from router.runtime.embedded_redis import free_port
 from tests.deploy.shipped_redis import ShippedRedis
-from tests.procs import Proc, adapter_dir, base_env, controller, emulator, gateway, write_config
+from tests.procs import (
+    Proc,
+    adapter_dir,
+    base_env,
+    controller,
+    emulator,
+    gateway,
+    metric_sum,
+    wait_for,
+    write_config,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -107,26 +115,6 @@ def test_the_readiness_probe_passes_only_with_the_password(secured: ShippedRedis
     assert run(None) != 0
 
 
-def _metric(text: str, name: str, **labels: str) -> float:
-    """The sum of a metric's samples whose labels include `labels` (0 when absent)."""
-    total = 0.0
-    for line in text.splitlines():
-        m = re.match(rf"{name}(?:\{{(.*)\}})? (\S+)$", line)
-        if m and all(f'{k}="{v}"' in (m.group(1) or "") for k, v in labels.items()):
-            total += float(m.group(2))
-    return total
-
-
-def _wait(what: str, check: Any, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _experiment(emu: str) -> dict[str, Any]:
     return {
         "name": NAME, "route": ROUTE, "treatment_percent": 50, "ramp_steps": [50, 60, 100],
@@ -188,9 +176,9 @@ def test_gateway_and_controller_do_everything_under_the_shipped_acl(
         # the data plane followed the controller's change (pub/sub or polling)
         with secured.harness() as h:
             stored = int(h.get("abgate:config:version") or 0)
-        _wait("the gateway's config", lambda: httpx.get(gw.url + "/readyz").json()
+        wait_for("the gateway's config", lambda: httpx.get(gw.url + "/readyz").json()
               ["config_version"] == stored)  # fmt: skip
-        _wait("the event queue to drain", lambda: httpx.get(gw.url + "/readyz").json()
+        wait_for("the event queue to drain", lambda: httpx.get(gw.url + "/readyz").json()
               ["event_queue_depth"] == 0)  # fmt: skip
         snap = admin.get(f"/admin/experiments/{NAME}/snapshot")
         assert snap.status_code == 200, snap.text
@@ -206,11 +194,11 @@ def test_gateway_and_controller_do_everything_under_the_shipped_acl(
         gw_metrics = admin.get("/metrics").text
         ctl_metrics = httpx.get(ctl.url + "/metrics").text
     assert ready["redis"] == "ok", ready
-    assert _metric(gw_metrics, "abgate_redis_errors_total") == 0
-    assert _metric(gw_metrics, "abgate_events_written_total") >= sent
-    assert _metric(gw_metrics, "abgate_events_dropped_total") == 0
-    assert _metric(ctl_metrics, "abgate_controller_errors_total") == 0
-    assert _metric(ctl_metrics, "abgate_controller_evaluations_total") > 0
+    assert metric_sum(gw_metrics, "abgate_redis_errors_total") == 0
+    assert metric_sum(gw_metrics, "abgate_events_written_total") >= sent
+    assert metric_sum(gw_metrics, "abgate_events_dropped_total") == 0
+    assert metric_sum(ctl_metrics, "abgate_controller_errors_total") == 0
+    assert metric_sum(ctl_metrics, "abgate_controller_evaluations_total") > 0
     totals = snap.json()
     assert sum(totals[arm]["totals"]["requests"] for arm in ("control", "treatment")) == sent
     assert _denied(secured) == []
@@ -238,9 +226,9 @@ def test_a_wrong_password_is_reported_and_not_leaked(secured: ShippedRedis, tmp_
             assert admin.status_code == 503 and admin.json()["error"]["type"], admin.text
 
             def ctl_metric(name: str) -> float:
-                return _metric(httpx.get(ctl.url + "/metrics").text, name)
+                return metric_sum(httpx.get(ctl.url + "/metrics").text, name)
 
-            _wait("controller errors", lambda: ctl_metric("abgate_controller_errors_total") > 0)
+            wait_for("controller errors", lambda: ctl_metric("abgate_controller_errors_total") > 0)
             assert ctl_metric("abgate_controller_leader") == 0
             ctl_log = ctl.log.read_text()
     finally:

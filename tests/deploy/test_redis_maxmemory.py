@@ -8,11 +8,8 @@ written and nothing else was lost."""
 
 from __future__ import annotations
 
-import re
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -21,7 +18,7 @@ import redis
 from router import keys
 from router.runtime.embedded_redis import free_port
 from tests.deploy.shipped_redis import ShippedRedis
-from tests.procs import Proc, adapter_dir, emulator, experiment, gateway
+from tests.procs import Proc, adapter_dir, emulator, experiment, gateway, metric_sum, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -40,25 +37,6 @@ def full(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ShippedRedis]:
     server.stop()
 
 
-def _metric(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        m = re.match(rf"{name}(?:\{{(.*)\}})? (\S+)$", line)
-        if m and all(f'{k}="{v}"' in (m.group(1) or "") for k, v in labels.items()):
-            total += float(m.group(2))
-    return total
-
-
-def _wait(what: str, check: Any, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _requests(h: redis.Redis, name: str) -> int:
     """Requests recorded in the experiment's per-arm aggregates."""
     return sum(int(h.hget(keys.arm_totals(name, arm), "requests") or 0)
@@ -66,7 +44,7 @@ def _requests(h: redis.Redis, name: str) -> int:
 
 
 def _dropped(url: str) -> float:
-    return _metric(httpx.get(url + "/metrics").text, "abgate_events_dropped_total")
+    return metric_sum(httpx.get(url + "/metrics").text, "abgate_events_dropped_total")
 
 
 def _complete(gw: Proc, n: int, tag: str) -> list[str]:
@@ -111,7 +89,7 @@ def test_a_full_redis_costs_events_never_a_client_error(full: ShippedRedis, tmp_
     ):  # fmt: skip
         admin = f"http://127.0.0.1:{admin_port}"
         warm = _complete(gw, WARM, "warm")
-        _wait("the warm-up events", lambda: _requests(h, "oom") == WARM)
+        wait_for("the warm-up events", lambda: _requests(h, "oom") == WARM)
 
         chunks = _fill(h)
         assert chunks > 0
@@ -138,13 +116,13 @@ def test_a_full_redis_costs_events_never_a_client_error(full: ShippedRedis, tmp_
         ready = httpx.get(gw.url + "/readyz")
         assert ready.status_code == 200 and ready.json()["redis"] == "unreachable", ready.text
         assert ready.json()["event_queue_depth"] == BUFFER
-        _wait("the dropped events", lambda: _dropped(admin) >= FULL - BUFFER)
+        wait_for("the dropped events", lambda: _dropped(admin) >= FULL - BUFFER)
         metrics = httpx.get(admin + "/metrics").text
-        assert _metric(metrics, "abgate_events_dropped_total", reason="buffer_full") == (
+        assert metric_sum(metrics, "abgate_events_dropped_total", reason="buffer_full") == (
             FULL - BUFFER
         )
-        assert _metric(metrics, "abgate_redis_errors_total", component="events") > 0
-        assert _metric(metrics, "abgate_redis_up") == 0
+        assert metric_sum(metrics, "abgate_redis_errors_total", component="events") > 0
+        assert metric_sum(metrics, "abgate_redis_up") == 0
         outage = [x for x in gw.log.read_text().splitlines() if "Redis is unreachable" in x]
         assert len(outage) == 1 and "OutOfMemoryError" in outage[0], outage  # logged once
         assert _requests(h, "oom") == WARM  # nothing was written while full
@@ -152,13 +130,15 @@ def test_a_full_redis_costs_events_never_a_client_error(full: ShippedRedis, tmp_
         # room again: the buffered events go in, Redis is reported back
         h.delete(*[f"filler:{i}" for i in range(chunks)])
         h.config_set("maxmemory", "24mb")
-        _wait("the buffer to drain", lambda: httpx.get(gw.url + "/readyz").json()
+        wait_for("the buffer to drain", lambda: httpx.get(gw.url + "/readyz").json()
               ["event_queue_depth"] == 0)  # fmt: skip
-        _wait("Redis reported back", lambda: httpx.get(gw.url + "/readyz").json()["redis"] == "ok")
+        wait_for(
+            "Redis reported back", lambda: httpx.get(gw.url + "/readyz").json()["redis"] == "ok"
+        )
         assert _requests(h, "oom") == WARM + BUFFER
         metrics = httpx.get(admin + "/metrics").text
-        assert _metric(metrics, "abgate_events_dropped_total") == FULL - BUFFER
-        assert _metric(metrics, "abgate_redis_up") == 1
+        assert metric_sum(metrics, "abgate_events_dropped_total") == FULL - BUFFER
+        assert metric_sum(metrics, "abgate_redis_up") == 1
         fb = httpx.post(gw.url + "/v1/feedback", json={"request_id": warm[0],
                                                        "signal": "thumbs_up"})  # fmt: skip
         assert fb.status_code == 202, fb.text
