@@ -106,6 +106,23 @@ class Target(BaseModel):
         first = [self.base_url] if self.base_url else []
         return tuple(dict.fromkeys([*first, *self.base_urls]))
 
+    @property
+    def origins(self) -> frozenset[str]:
+        """``scheme://host:port`` of every replica: where the `api_key` is sent."""
+        return frozenset(_origin(u) for u in self.urls)
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"{parts.scheme}://{(parts.hostname or '').lower()}:{port}"
+
+
+def key_follows_to(before: Target, after: Target) -> frozenset[str]:
+    """The origins `after` sends a key to that `before` did not: a key kept without being sent
+    again must not follow a target to another host."""
+    return after.origins - before.origins
+
 
 class DefaultUpstream(BaseModel):
     """Where requests for a model that matches no route alias go (unchanged)."""

@@ -8,8 +8,10 @@ shows ``"set (changed)"`` after it, so a rotation stays visible without either k
 Round trip: a write (create, PATCH, anything that goes through the admin API's `change`) whose
 target carries ``"api_key": "set"`` keeps that target's stored key, so a document read from the
 API can be edited and sent back as it is. With no stored key to keep, the write is refused
-(422); ``null`` removes a key, any other string replaces it. A config file may not carry
-``"set"`` (router/experiments.py refuses it: the file is where a key is written).
+(422), and so is a target whose URLs move to another host: a key only follows a target to a
+new host when it is sent again. ``null`` removes a key, any other string replaces it. A config
+file may not carry ``"set"`` (router/experiments.py refuses it: the file is where a key is
+written).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from router.errors import Unprocessable
-from router.experiments import API_KEY_SET, Experiment
+from router.experiments import API_KEY_SET, Experiment, key_follows_to
 
 API_KEY_CHANGED = "set (changed)"
 TARGETS = ("control", "treatment")
@@ -92,6 +94,12 @@ def keep_api_keys(new: Experiment | None, current: Experiment | None) -> Experim
             raise Unprocessable(
                 f'{arm}.api_key: "{API_KEY_SET}" keeps the stored key, and this target has '
                 "none; send the key itself (or null for none)",
+                param=f"{arm}.api_key",
+            )
+        if moved := key_follows_to(getattr(current, arm), target):
+            raise Unprocessable(
+                f'{arm}.api_key: "{API_KEY_SET}" cannot keep the stored key for a target that '
+                f"moves to another host ({', '.join(sorted(moved))}); send the key itself",
                 param=f"{arm}.api_key",
             )
         update[arm] = target.model_copy(update={"api_key": stored})

@@ -27,7 +27,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from router.errors import Conflict, Unprocessable
-from router.experiments import Arm, Experiment, MissingUnitPolicy, State
+from router.experiments import Arm, Capture, Experiment, MissingUnitPolicy, State, key_follows_to
 
 Action = Literal["start", "pause", "resume", "promote", "rollback", "advance"]
 
@@ -142,11 +142,23 @@ def patch(exp: Experiment, change: ExperimentPatch) -> Experiment:
         raise Conflict("the PATCH body changes nothing")
     merged = merge_patch(exp.model_dump(), fields)
     try:
-        return bump(Experiment.model_validate(merged))
+        after = bump(Experiment.model_validate(merged))
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "body"
         raise Unprocessable(f"{where}: {first['msg']}", param=where) from None
+    for arm in ("control", "treatment"):
+        sent = fields.get(arm)
+        kept = isinstance(sent, dict) and "api_key" not in sent
+        old, new = getattr(exp, arm), getattr(after, arm)
+        if kept and new.api_key is not None and (moved := key_follows_to(old, new)):
+            raise Unprocessable(
+                f"{arm}.api_key: the target moves to another host ({', '.join(sorted(moved))}); "
+                "a merge keeps the stored key only on the same hosts: send the key again (or "
+                "null for none)",
+                param=f"{arm}.api_key",
+            )
+    return after
 
 
 def merge_patch(target: Any, change: Any) -> Any:
@@ -163,12 +175,20 @@ def merge_patch(target: Any, change: Any) -> Any:
 
 
 def dropped_redaction(before: Experiment, after: Experiment) -> list[str]:
-    """The redaction rules of `before` that `after` no longer applies while it still captures
-    (switching capture off drops nothing: nothing is stored any more)."""
-    if before.capture is None or after.capture is None:
+    """The redaction rules of `before` that `after` no longer has. Switching capture off drops
+    the rules beyond the built-ins too: capture switched on again later starts from the
+    built-ins, so the custom rules leave the document here, and the audit must say so."""
+    if before.capture is None:
         return []
+    if after.capture is None:
+        return [rule for rule in before.capture.redact if rule not in _BUILTIN_REDACTION]
     kept = set(after.capture.redact)
     return [rule for rule in before.capture.redact if rule not in kept]
+
+
+_BUILTIN_REDACTION = frozenset(
+    Capture.model_fields["redact"].get_default(call_default_factory=True)
+)
 
 
 def bump(exp: Experiment, **update: Any) -> Experiment:

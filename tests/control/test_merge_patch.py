@@ -8,7 +8,8 @@ import pytest
 
 from router.control.lifecycle import ExperimentPatch, dropped_redaction, merge_patch, patch
 from router.errors import Conflict, Unprocessable
-from router.experiments import Experiment
+from router.experiments import API_KEY_SET, Experiment
+from router.secrets import keep_api_keys
 
 
 @pytest.mark.parametrize(
@@ -62,8 +63,15 @@ def test_a_patch_merges_into_the_experiment_and_drops_only_what_it_names() -> No
     assert dropped_redaction(exp, narrowed) == [r"ACCT-\d+"]
     reset = patch(exp, ExperimentPatch.model_validate({"capture": {"redact": None}}))
     assert dropped_redaction(exp, reset) == [r"ACCT-\d+"]
+    # off, then on again with the built-ins: the custom rule leaves at the first step, which
+    # must be audited as a drop; switching off a capture with only the built-ins drops nothing
     off = patch(exp, ExperimentPatch.model_validate({"capture": None}))
-    assert off.capture is None and dropped_redaction(exp, off) == []
+    assert off.capture is None and dropped_redaction(exp, off) == [r"ACCT-\d+"]
+    plain = _exp(capture={"rate": 0.1})
+    assert (
+        dropped_redaction(plain, patch(plain, ExperimentPatch.model_validate({"capture": None})))
+        == []
+    )
 
 
 def test_refusals_name_the_field() -> None:
@@ -74,3 +82,29 @@ def test_refusals_name_the_field() -> None:
         patch(exp, ExperimentPatch.model_validate({"control": {"model": 3}}))
     with pytest.raises(Conflict, match="changes nothing"):
         patch(exp, ExperimentPatch.model_validate({"reason": "nothing"}))
+
+
+def test_a_kept_key_never_follows_its_target_to_another_host() -> None:
+    exp = _exp()  # treatment http://t/v1 with api_key sk-1
+    moved = {"treatment": {"base_url": "http://evil:8000/v1"}}
+    with pytest.raises(Unprocessable, match="another host") as merged:
+        patch(exp, ExperimentPatch.model_validate(moved))
+    assert merged.value.param == "treatment.api_key"
+    resent = patch(exp, ExperimentPatch.model_validate(
+        {"treatment": {"base_url": "http://evil:8000/v1", "api_key": "sk-2"}}))  # fmt: skip
+    assert resent.treatment.api_key == "sk-2"
+    dropped = patch(exp, ExperimentPatch.model_validate(
+        {"treatment": {"base_url": "http://evil:8000/v1", "api_key": None}}))  # fmt: skip
+    assert dropped.treatment.api_key is None
+    same_host = patch(exp, ExperimentPatch.model_validate(
+        {"treatment": {"base_urls": ["http://t/v2", "http://T:80/v1"]}}))  # fmt: skip
+    assert same_host.treatment.api_key == "sk-1"  # same scheme, host and port: kept
+    # "set" (a document read from the API and sent back) keeps the key only on the same hosts
+    shown = exp.model_copy(update={"treatment": exp.treatment.model_copy(
+        update={"api_key": API_KEY_SET, "base_url": "https://t/v1"})})  # fmt: skip
+    with pytest.raises(Unprocessable, match="another host"):
+        keep_api_keys(shown, exp)
+    back = exp.model_copy(update={"treatment": exp.treatment.model_copy(
+        update={"api_key": API_KEY_SET})})  # fmt: skip
+    kept = keep_api_keys(back, exp)
+    assert kept is not None and kept.treatment.api_key == "sk-1"

@@ -96,9 +96,16 @@ async def test_dropping_redaction_rules_is_explicit_and_audited(
         # null resets the list to the built-ins: the custom rule goes
         after = await patch(gw, "pat-drop", {"capture": {"redact": None}})
         assert after["capture"]["redact"] == ["emails", "phone_numbers", "credit_cards"]
-        # switching capture off drops nothing that still applies
+        # switching capture off with only the built-ins drops nothing
         assert (await patch(gw, "pat-drop", {"capture": None}))["capture"] is None
         audit = (await gw.admin("GET", "/audit", params={"experiment": "pat-drop"})).json()
+        # with custom rules it does: capture switched on again would start from the built-ins
+        await create(gw, experiment("pat-off", "pat-off-route", emu, 10,
+                                    capture={"rate": 0.1, "redact": RULES}))  # fmt: skip
+        await patch(gw, "pat-off", {"capture": None})
+        await patch(gw, "pat-off", {"capture": {"rate": 1.0}})
+        off = (await gw.admin("GET", "/audit", params={"experiment": "pat-off"})).json()
+    assert [e["action"] for e in reversed(off["entries"])] == ["create", "drop-redaction", "patch"]
     entries = list(reversed(audit["entries"]))
     assert [e["action"] for e in entries] == [
         "create", "drop-redaction", "patch", "drop-redaction", "patch",
