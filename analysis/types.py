@@ -73,6 +73,11 @@ class ArmTotals(BaseModel):
     requests: int = 0
     errors: int = 0
     client_closed: int = Field(default=0, description="Clients that went away (not errors)")
+    units_over_cap: int = Field(
+        default=0,
+        description="Requests of units the arm had no room to store (ABGATE_MAX_UNITS_PER_ARM): "
+        "counted here, not in the unit-level sums",
+    )
     status_2xx: int = 0
     status_4xx: int = 0
     status_5xx: int = 0

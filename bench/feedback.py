@@ -129,10 +129,10 @@ def _memory(units: int) -> tuple[float, float]:
                 "regen": 0, "fp": "",
             }))  # fmt: skip
             if len(batch) == 500:
-                record(args=[1, 86400, *batch])  # stream capped at ~1 entry: not counted
+                record(args=[1, 86400, 1_000_000, *batch])  # stream capped at ~1 entry: not counted
                 batch = []
         if batch:
-            record(args=[1, 86400, *batch])
+            record(args=[1, 86400, 1_000_000, *batch])
         pipe = client.pipeline(transaction=False)
         for i in range(units):
             arm = "treatment" if i % 10 == 0 else "control"

@@ -64,7 +64,8 @@ def events(name: str) -> str:
 
 
 def arm_totals(name: str, arm: str) -> str:
-    """Hash of per-arm aggregates: requests, errors, latency sums, tokens, feedback counts."""
+    """Hash of per-arm aggregates: requests, errors, latency sums, tokens, feedback counts,
+    ``units_over_cap`` (requests of units the arm's full unit totals did not store)."""
     return f"{experiment_tag(name)}arm:{arm}"
 
 
@@ -76,7 +77,7 @@ def unit_sums(name: str, arm: str) -> str:
 def unit_totals(name: str, arm: str) -> str:
     """Hash of every unit's totals in one arm: field = unit id, value = its encoded totals
     (router/signals/lua.py). One key per arm, so that the end of the experiment expires a
-    handful of keys, however many units it saw."""
+    handful of keys, however many units it saw; at most ``ABGATE_MAX_UNITS_PER_ARM`` units."""
     return f"{experiment_tag(name)}unit:{arm}"
 
 
@@ -171,12 +172,14 @@ SCHEMA: tuple[KeyDoc, ...] = (
            "`requests, errors, client_closed, status_2xx/4xx/5xx, latency_ms_sum, "
            "latency_ms_sq_sum, ttft_count, ttft_ms_sum, ttft_ms_sq_sum, prompt_tokens, "
            "completion_tokens, cost_usd`; `feedback`, `fb:<signal>` (count) and `fv:<signal>` "
-           "(value sum)"),
+           "(value sum); `units_over_cap`: requests whose unit was new to the arm when it "
+           "already held `ABGATE_MAX_UNITS_PER_ARM` units (not stored, counted here only)"),
     KeyDoc(minute("<exp>", "<arm>", "<epoch minute>"), "hash", "TTL = minute retention",
            "event writer, feedback",
            "`requests, errors, client_closed, latency_ms_sum, completion_tokens, feedback`"),
     KeyDoc(unit_totals("<exp>", "<arm>"), "hash", _ENDED, "event writer, feedback",
-           "unit id -> the unit's totals, `requests=3,latency_ms=812.5,...` with the fields "
+           "unit id -> the unit's totals (at most `ABGATE_MAX_UNITS_PER_ARM` units, about "
+           "200 bytes each), `requests=3,latency_ms=812.5,...` with the fields "
            "`requests, errors, client_closed, latency_ms, ttft_ms, ttft_n, prompt_tokens, "
            "completion_tokens, cost_usd, votes, fb:<signal>, fv:<signal>`"),
     KeyDoc(unit_sums("<exp>", "<arm>"), "hash", _KEPT, "event writer, feedback",

@@ -117,6 +117,13 @@ class Settings(BaseSettings):
         description="How long an ended (promoted, rolled back) or deleted experiment's per-unit "
         "state, event stream and captures stay in Redis (at least its feedback window)",
     )
+    max_units_per_arm: int = Field(
+        default=1_000_000,
+        gt=0,
+        description="The most units (distinct unit ids) a running experiment keeps per-unit "
+        "totals of in each arm, about 200 bytes each in Redis; a further unit's requests count "
+        "in the arm's totals only (and in its `units_over_cap`), not in the unit-level sums",
+    )
     feedback_window_seconds: int = Field(default=7 * 86400, gt=0)
     minute_retention_seconds: int = Field(default=30 * 86400, gt=0)
     shutdown_flush_seconds: float = Field(default=10.0, ge=0)

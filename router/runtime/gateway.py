@@ -91,6 +91,7 @@ class Gateway:
             batch=settings.event_batch,
             stream_maxlen=settings.event_stream_maxlen,
             minute_retention_seconds=settings.minute_retention_seconds,
+            max_units_per_arm=settings.max_units_per_arm,
             linger_seconds=settings.event_linger_seconds,
             on_redis=self.redis_state.report("events"),
         )

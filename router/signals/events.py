@@ -11,7 +11,9 @@ it in batches and runs one Lua script per batch, which for each event atomically
 - appends the event to the experiment's capped event stream,
 - adds it to the per-arm aggregates and to the per-minute counters (expiring after the
   retention),
-- updates the unit's totals and the unit-level sums (router/signals/lua.py), and
+- updates the unit's totals and the unit-level sums (router/signals/lua.py): a unit new to an
+  arm that already holds ``ABGATE_MAX_UNITS_PER_ARM`` units is not stored (its request counts in
+  the per-arm totals and their ``units_over_cap``), and
 - detects an implicit `regenerated` signal (the unit repeating its last prompt in the window).
 
 The keys are named in router/keys.py; those of one experiment share its hash tag
@@ -49,6 +51,7 @@ logger = logging.getLogger(__name__)
 #: the string headers, its entry in `EventWriter.pending`), measured with tracemalloc.
 EVENT_OVERHEAD_BYTES = 448
 DEFAULT_BUFFER_BYTES = 128 * 1024 * 1024
+DEFAULT_MAX_UNITS_PER_ARM = 1_000_000
 
 
 @dataclass(slots=True)
@@ -128,6 +131,7 @@ class EventWriter:
         batch: int,
         stream_maxlen: int,
         minute_retention_seconds: int,
+        max_units_per_arm: int = DEFAULT_MAX_UNITS_PER_ARM,
         linger_seconds: float = 0.005,
         on_redis: Callable[[BaseException | None], None] | None = None,
     ) -> None:
@@ -137,7 +141,7 @@ class EventWriter:
         self._capacity_bytes = capacity_bytes
         self._bytes = 0  # estimated bytes buffered (`Event.size`)
         self._batch = batch
-        self._args = (stream_maxlen, minute_retention_seconds)
+        self._args = (stream_maxlen, minute_retention_seconds, max_units_per_arm)
         self._buffer: deque[Event] = deque()
         self.pending: dict[str, Event] = {}  # request id -> event not yet in Redis
         self.flushed = asyncio.Event()  # pulsed after every written batch

@@ -7,6 +7,12 @@ per arm (one field per unit); the sums over units in one hash per arm: ``n`` (di
 ratio metric. They change by the
 difference of each unit's old and new totals, so reading them is O(1) whatever the traffic.
 Requests without a unit id count in the per-arm totals but not in the unit-level sums.
+
+An arm holds at most `max_units` units (ARGV of RECORD_EVENTS; ``ABGATE_MAX_UNITS_PER_ARM``):
+a unit new to an arm that holds as many is not stored, so that unit ids a client invents cannot
+grow Redis without bound. Its requests count in the per-arm totals, as those without a unit id,
+and in the arm's ``units_over_cap``. Feedback never adds a unit: its request's event did (or,
+over the cap or after the end, did not).
 """
 
 from __future__ import annotations
@@ -87,7 +93,12 @@ end
 
 local EXTRA_PAIRS = {{'ttft_ms', 'ttft_n'}, {'fb:thumbs_up', 'votes'}, {'fb:thumbs_down', 'votes'}}
 
-local function unit_update(tag, arm, unit, deltas)
+-- The most units one arm's totals hash holds (the script sets it from its ARGV).
+local max_units = 1000000
+
+-- `create`: the event of a request may add its unit; feedback never does (the request's event
+-- added it, or did not: over the cap, or after the end).
+local function unit_update(tag, arm, unit, deltas, create)
   if unit == '' then return end
   local ukey = unit_key(tag, arm)
   local skey = unit_sums_key(tag, arm)
@@ -96,8 +107,15 @@ local function unit_update(tag, arm, unit, deltas)
   if raw then
     old = decode_totals(raw)
   else
+    if not create then return end
     -- after its end an experiment counts no new unit (its totals would start from zero)
     if marker(tag).ends then return end
+    -- a full arm stores no new unit: its requests count in the arm's totals only (HLEN is
+    -- O(1), and the hash is written at once, so it counts this batch's new units too)
+    if redis.call('HLEN', ukey) >= max_units then
+      add(arm_key(tag, arm), 'units_over_cap', 1)
+      return
+    end
     add(skey, 'n', 1)
     -- a unit new to this arm but known to the other moved (the share went up): SRM excludes it
     local other = 'control'
@@ -150,12 +168,12 @@ local function record_feedback(tag, rid, arm, unit, signal, value, ttl, minute, 
   redis.call('EXPIRE', mkey, keep)
   local deltas = {['fb:' .. signal] = 1, ['fv:' .. signal] = value}
   if signal == 'thumbs_up' or signal == 'thumbs_down' then deltas['votes'] = 1 end
-  unit_update(tag, arm, unit, deltas)
+  unit_update(tag, arm, unit, deltas, false)
   return 1
 end
 """
 
-# ARGV: stream maxlen, minute retention, then one JSON event per argument
+# ARGV: stream maxlen, minute retention, units per arm at most, then one JSON event per argument
 # (router/signals/events.py).
 RECORD_EVENTS = (
     UNIT_UPDATE
@@ -163,9 +181,11 @@ RECORD_EVENTS = (
     + """
 local maxlen = ARGV[1]
 local keep = tonumber(ARGV[2])
+max_units = tonumber(ARGV[3])
+local first = 4
 local written = 0
 local minutes_seen = {}
-for i = 3, #ARGV do
+for i = first, #ARGV do
   local e = cjson.decode(ARGV[i])
   local tag = exp_tag(e.experiment)
   -- served after its experiment ended: indexed (feedback for it is answered, not counted),
@@ -225,7 +245,7 @@ for i = 3, #ARGV do
       minutes_seen[mkey] = true
       redis.call('EXPIRE', mkey, keep)
     end
-    unit_update(tag, e.arm, e.unit, deltas)
+    unit_update(tag, e.arm, e.unit, deltas, true)
     -- implicit `regenerated`: the same unit repeats its last prompt within the window
     if e.regen > 0 and e.unit ~= '' and e.fp ~= '' then
       local lkey = last_key(tag, e.unit)

@@ -24,7 +24,8 @@ from router.experiments import Experiment
 
 ARMS = ("control", "treatment")
 _INT_TOTALS = ("requests", "errors", "client_closed", "status_2xx", "status_4xx", "status_5xx",
-               "ttft_count", "prompt_tokens", "completion_tokens", "feedback")  # fmt: skip
+               "ttft_count", "prompt_tokens", "completion_tokens", "feedback",
+               "units_over_cap")  # fmt: skip
 _FLOAT_TOTALS = ("latency_ms_sum", "latency_ms_sq_sum", "ttft_ms_sum", "ttft_ms_sq_sum",
                  "cost_usd")  # fmt: skip
 

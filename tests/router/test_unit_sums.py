@@ -1,26 +1,34 @@
 """Property: the incrementally maintained unit-level sums equal the sums recomputed from the
 raw per-unit totals, and those equal an independent model of the same operations: requests
 (succeeded, failed, or left by their client), feedback, and the end of the experiment, after
-which events still on their way and late feedback are recorded but no unit is counted anew."""
+which events still on their way and late feedback are recorded but no unit is counted anew.
+An arm stores at most `CAP` units: a further unit's requests count in the arm's totals and
+their `units_over_cap` only, and feedback never adds a unit."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import time
 from collections import defaultdict
 from collections.abc import Iterator
 
 import orjson
 import pytest
 import redis
+import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
 
 from router import keys
 from router.control.retention import Retention, queue_lifetimes
 from router.experiments import Experiment
+from router.metrics import GatewayMetrics
 from router.runtime.embedded_redis import EmbeddedRedis
+from router.signals.events import Event, EventWriter
 from router.signals.lua import FEEDBACK, RECORD_EVENTS
-from router.signals.readmodel import decode_unit_totals
+from router.signals.readmodel import _totals, decode_unit_totals
 
 EXP = "prop"
 UNITS = ["u1", "u2", "u3", "u4", ""]
@@ -30,6 +38,7 @@ OUTCOMES = ["", "status_500", "stream_timeout", "client_closed"]
 STATUS = {"": (200, "2xx"), "status_500": (500, "5xx"), "stream_timeout": (200, "5xx"),
           "client_closed": (499, "4xx")}  # fmt: skip
 RETENTION = Retention(ended_seconds=3000, feedback_window_seconds=3600)
+CAP = 3  # units per arm at most (ABGATE_MAX_UNITS_PER_ARM): fewer than UNITS has
 
 request_op = st.tuples(
     st.just("request"),
@@ -121,7 +130,7 @@ def test_unit_sums_match_recomputation(client: redis.Redis, ops: list[tuple]) ->
             ended = True
         elif op[0] == "request":
             _, unit, arm, lat, ttft, tokens, err = op
-            record(args=[1000, 3600, _event(n, unit, arm, lat, ttft, tokens, err)])
+            record(args=[1000, 3600, CAP, _event(n, unit, arm, lat, ttft, tokens, err)])
             requests.append((unit, arm, n))
             t = totals[arm]
             t["requests"] += 1
@@ -129,8 +138,13 @@ def test_unit_sums_match_recomputation(client: redis.Redis, ops: list[tuple]) ->
             t["client_closed"] += int(err == "client_closed")
             t[f"status_{STATUS[err][1]}"] += 1
             # after the end, a unit the arm never saw is not counted (its totals would start
-            # from zero): the unit-level sums stay those of the experiment's own units
-            if unit and not (ended and (arm, unit) not in model):
+            # from zero): the unit-level sums stay those of the experiment's own units; nor is
+            # one new to an arm that holds CAP units (counted in `units_over_cap`)
+            new = bool(unit) and (arm, unit) not in model
+            full = sum(a == arm for a, _ in model) >= CAP
+            if new and not ended and full:
+                t["units_over_cap"] += 1
+            if unit and not (new and (ended or full)):
                 m = model[(arm, unit)]
                 m["requests"] += 1
                 m["errors"] += int(err not in ("", "client_closed"))
@@ -177,7 +191,7 @@ def test_unit_sums_match_recomputation(client: redis.Redis, ops: list[tuple]) ->
                 assert per_unit[unit].get(f, 0.0) == pytest.approx(v, rel=1e-9, abs=1e-9), (unit, f)
         # the maintained sums equal the sums recomputed from the per-unit totals
         sums = {f: float(v) for f, v in client.hgetall(keys.unit_sums(EXP, arm)).items()}
-        assert int(sums.pop("n", 0)) == len(per_unit)
+        assert int(sums.pop("n", 0)) == len(per_unit) <= CAP
         moved_in += int(sums.pop("moved_in", 0))
         arms_of_units.append(set(per_unit))
         fields = {f for t in per_unit.values() for f in t}
@@ -215,10 +229,101 @@ def test_totals_survive_the_encoding_exactly(client: redis.Redis) -> None:
     record = client.register_script(RECORD_EVENTS)
     values = [0.1, 1 / 3, 123.456, 2.5e-7, 98765.4321, 1e15 + 0.5, 7.0]
     for n, v in enumerate(values):
-        record(args=[1000, 3600, _event(n, "u", "control", v, -1, 0, "")])
+        record(args=[1000, 3600, 100, _event(n, "u", "control", v, -1, 0, "")])
     stored = decode_unit_totals(client.hget(keys.unit_totals(EXP, "control"), "u") or "")
     expected = 0.0
     for v in values:
         expected += v
     assert stored["latency_ms"] == expected  # the same additions, in the same order
     assert stored["requests"] == len(values)
+
+
+def _arm(client: redis.Redis, key: str) -> dict[str, float]:
+    return {str(f): float(v) for f, v in client.hgetall(key).items()}
+
+
+def test_an_arm_stores_at_most_its_units(client: redis.Redis) -> None:
+    """Unit ids a client invents cannot grow Redis: the 4th distinct unit of an arm with a cap
+    of 3 is not stored, its requests count in the arm's totals and `units_over_cap`, feedback for
+    it adds nothing, and the stored units keep being updated exactly."""
+    client.flushall()
+    record = client.register_script(RECORD_EVENTS)
+    feedback = client.register_script(FEEDBACK)
+    ukey, skey = keys.unit_totals(EXP, "control"), keys.unit_sums(EXP, "control")
+    akey = keys.arm_totals(EXP, "control")
+
+    def request(n: int, unit: str, lat: float = 10.0) -> None:
+        assert record(args=[1000, 3600, 3, _event(n, unit, "control", lat, -1, 5, "")]) == 1
+
+    # one batch with five new units: the cap holds within a batch too
+    batch = [_event(n, u, "control", 10.0, -1, 5, "") for n, u in enumerate("abcde")]
+    assert record(args=[1000, 3600, 3, *batch]) == 5
+    assert set(client.hkeys(ukey)) == {"a", "b", "c"}
+    assert _arm(client, akey)["requests"] == 5
+    assert _arm(client, akey)["units_over_cap"] == 2
+    assert _arm(client, skey)["n"] == 3
+
+    request(10, "d", lat=40.0)  # a 4th unit, again: not stored, counted
+    request(11, "", lat=1.0)  # no unit id: neither stored nor over the cap
+    request(12, "a", lat=30.0)  # a stored unit keeps updating
+    assert set(client.hkeys(ukey)) == {"a", "b", "c"}
+    arm = _arm(client, akey)
+    assert arm["requests"] == 8 and arm["units_over_cap"] == 3
+    assert arm["latency_ms_sum"] == 5 * 10.0 + 40.0 + 1.0 + 30.0
+    assert decode_unit_totals(client.hget(ukey, "a") or "")["requests"] == 2
+    assert _totals(client.hgetall(akey)).units_over_cap == 3  # what reports read
+
+    # feedback for the unit over the cap counts in the arm's totals, and creates no unit
+    assert feedback(args=[EXP, f"req_{10:032x}", "control", "d", "thumbs_up", 1, 3600, 1, 60])
+    assert feedback(args=[EXP, f"req_{3:032x}", "control", "d", "csat", 4, 3600, 1, 60])
+    assert not client.hexists(ukey, "d")
+    # ... and feedback for a stored unit still updates it
+    assert feedback(args=[EXP, f"req_{12:032x}", "control", "a", "thumbs_up", 1, 3600, 1, 60])
+    arm = _arm(client, akey)
+    assert arm["feedback"] == 3 and arm["fb:thumbs_up"] == 2 and arm["fv:csat"] == 4
+    assert arm["units_over_cap"] == 3  # requests only
+    a = decode_unit_totals(client.hget(ukey, "a") or "")
+    assert a["fb:thumbs_up"] == 1 and a["votes"] == 1 and a["latency_ms"] == 40.0
+
+    # the sums over units are those of the three stored units, exactly
+    per_unit = [decode_unit_totals(raw) for raw in client.hvals(ukey)]
+    sums = _arm(client, skey)
+    assert sums["n"] == 3
+    for f in ("requests", "latency_ms", "fb:thumbs_up", "votes", "completion_tokens"):
+        assert sums.get(f"s1:{f}", 0.0) == sum(t.get(f, 0.0) for t in per_unit), f
+        assert sums.get(f"s2:{f}", 0.0) == sum(t.get(f, 0.0) ** 2 for t in per_unit), f
+    assert "s1:fb:csat" not in sums
+    # the other arm has its own cap
+    record(args=[1000, 3600, 3, _event(20, "d", "treatment", 5.0, -1, 1, "")])
+    assert client.hkeys(keys.unit_totals(EXP, "treatment")) == ["d"]
+    assert "units_over_cap" not in _arm(client, keys.arm_totals(EXP, "treatment"))
+
+
+async def test_the_event_writer_passes_its_cap(redis_url: str, rds: redis.Redis) -> None:
+    """EventWriter(max_units_per_arm=...) (the gateway's ABGATE_MAX_UNITS_PER_ARM) reaches the
+    script."""
+    client = aioredis.from_url(redis_url)
+    writer = EventWriter(
+        client, GatewayMetrics(CollectorRegistry()), capacity=100, batch=2, stream_maxlen=1000,
+        minute_retention_seconds=60, max_units_per_arm=2, linger_seconds=0,
+    )  # fmt: skip
+    writer.start()
+    try:
+        for n, unit in enumerate(["u1", "u2", "u3", "u1", "u4"]):
+            event = Event(
+                request_id=f"req_{n:032x}", ts=time.time(), experiment="capw", route="r",
+                arm="control", unit=unit, model="m", status=200, error="", stream=False,
+                latency_ms=1.0, ttft_ms=-1.0, prompt_tokens=1, completion_tokens=1,
+                cost_usd=0.0, ttl=60,
+            )  # fmt: skip
+            writer.submit(event)
+        deadline = time.monotonic() + 10
+        while writer.depth:
+            assert time.monotonic() < deadline, "the buffer did not drain"
+            await asyncio.sleep(0.01)
+    finally:
+        await writer.close(1.0)
+        await client.aclose()
+    assert set(rds.hkeys(keys.unit_totals("capw", "control"))) == {"u1", "u2"}
+    totals = rds.hgetall(keys.arm_totals("capw", "control"))
+    assert float(totals["requests"]) == 5 and float(totals["units_over_cap"]) == 2
