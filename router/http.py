@@ -83,6 +83,27 @@ async def send_error(
 
 # -- JSON request bodies --------------------------------------------------------------------
 
+_OWS = b" \t"
+
+
+def is_json_media_type(ctype: bytes) -> bool:
+    """Whether a Content-Type names the media type ``application/json``: case-insensitive,
+    whitespace around it and parameters after a ``;`` (``charset=utf-8``) allowed.
+
+    The header is forwarded unchanged, so the gateway must accept only what the model server
+    reads as JSON too, or it would route and record on a parse the model server never makes.
+    vLLM's OpenAI routes accept exactly ``application/json`` (their `validate_json_request`:
+    the header lowercased, up to the first ``;``); other types are refused there, so a prefix
+    such as ``application/json-seq`` or ``application/jsonx`` is refused here (415). So are the
+    structured-syntax ``application/*+json`` types: FastAPI alone would parse them as JSON, but
+    vLLM refuses them and OpenAI documents ``application/json`` only, so accepting them would
+    only turn the gateway's 415 into the model server's error, recorded against an arm.
+    (vLLM does not strip whitespace before the ``;``: ``application/json ;charset=utf-8`` is
+    legal HTTP and accepted here, and refused by vLLM as a client error, not read otherwise.)
+    Any charset is accepted: JSON is UTF-8 (RFC 8259), orjson refuses other bytes, and
+    Starlette's `Request.json()` ignores the parameter."""
+    return ctype.split(b";", 1)[0].strip(_OWS).lower() == b"application/json"
+
 
 @dataclass(frozen=True, slots=True)
 class JsonIntake:
@@ -100,7 +121,7 @@ class JsonIntake:
         """The body, after checking its Content-Type and declared length; read in chunks and
         refused as soon as it grows past `limit`."""
         ctype = headers.get(b"content-type", b"")
-        if not ctype.lower().startswith(b"application/json"):
+        if not is_json_media_type(ctype):
             got = repr(ctype.decode("latin-1")) if ctype else "no Content-Type"
             raise UnsupportedMediaType(self.media_type_message.format(got=got))
         declared = headers.get(b"content-length")

@@ -1,9 +1,12 @@
 """Byte-exact body edits: the located spans are exactly the top-level values, repeated top-level
-keys are refused however they are spelled, and the fast proof agrees with the full scan."""
+keys are refused however they are spelled, and the fast proof agrees with the full scan, whether
+its pattern is cached or the body's key set is new (and scanned)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import orjson
@@ -11,8 +14,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from router.dataplane import body
 from router.dataplane.body import (
     Members,
+    _Literals,
     check_members,
     edit_request,
     rewrite,
@@ -34,9 +39,31 @@ values = st.recursive(
 )
 
 
+@contextmanager
+def _patterns(literals: _Literals) -> Iterator[_Literals]:
+    """The fast proof's pattern cache replaced by `literals` for a while."""
+    kept = body._LITERALS
+    body._LITERALS = literals
+    try:
+        yield literals
+    finally:
+        body._LITERALS = kept
+
+
+def _checked(raw: bytes, literals: _Literals) -> Members:
+    with _patterns(literals):
+        return check_members(raw, orjson.loads(raw))
+
+
 def _members(raw: bytes) -> Members:
-    """The checked members of `raw`, as the request path gets them."""
-    return check_members(raw, orjson.loads(raw))
+    """The checked members of `raw` on the cached route: the key set's pattern is compiled at
+    first sight, as for a key set that came back."""
+    return _checked(raw, _Literals(sightings=1, burst=1e9))
+
+
+def _uncached(raw: bytes) -> Members:
+    """The same for a key set never seen before (no pattern compiled: the body is scanned)."""
+    return _checked(raw, _Literals(burst=0))
 
 
 def _slow(raw: bytes) -> Members:
@@ -62,14 +89,20 @@ def _edit(
 
 
 def _refused_key(raw: bytes) -> str | None:
-    """The key named by the 400 for `raw`, or None when it is accepted."""
-    try:
-        _members(raw)
-    except InvalidRequest as exc:
-        assert exc.status == 400 and exc.type == "invalid_request_error"
-        assert f"`{exc.param}` more than once" in exc.message
-        return exc.param
-    return None
+    """The key named by the 400 for `raw`, or None when it is accepted (the same on the cached
+    and the uncached route)."""
+    named: list[str | None] = []
+    for route in (_members, _uncached):
+        try:
+            route(raw)
+        except InvalidRequest as exc:
+            assert exc.status == 400 and exc.type == "invalid_request_error"
+            assert f"`{exc.param}` more than once" in exc.message
+            named.append(exc.param)
+        else:
+            named.append(None)
+    assert named[0] == named[1]
+    return named[0]
 
 
 @settings(max_examples=300, deadline=None)
@@ -128,7 +161,9 @@ def test_fast_path_agrees_with_the_scanner(doc: dict[str, object], alias: str, f
         json.dumps(dict(items), ensure_ascii=False).encode(),
         json.dumps({"messages": [{"model": alias}], "model": alias}).encode(),
     ):
-        assert _edit(raw, model_json=b'"t"') == _edit(_slow(raw), model_json=b'"t"')
+        slow = _edit(_slow(raw), model_json=b'"t"')
+        assert _edit(raw, model_json=b'"t"') == slow
+        assert _edit(_uncached(raw), model_json=b'"t"') == slow
 
 
 # -- one parse, one truth ---------------------------------------------------------------------
@@ -196,7 +231,7 @@ def test_the_edit_replaces_the_top_level_model_whatever_its_spelling(
 ) -> None:
     data = orjson.loads(raw)
     assert data["model"] == model
-    for members in (_members(raw), _slow(raw)):
+    for members in (_members(raw), _uncached(raw), _slow(raw)):
         out = _edit(members, model_json=b'"T"')
         assert json.loads(out) == {**json.loads(raw), "model": "T"}  # as a last-wins reader
 
@@ -216,7 +251,10 @@ def test_the_edit_replaces_the_top_level_model_whatever_its_spelling(
 )  # fmt: skip
 def test_which_bodies_take_the_fast_proof(raw: bytes, fast: bool) -> None:
     assert (_members(raw).spans is None) is fast
-    assert _edit(raw, model_json=b'"T"') == _edit(_slow(raw), model_json=b'"T"')
+    assert _uncached(raw).spans is not None  # a new key set is always scanned
+    slow = _edit(_slow(raw), model_json=b'"T"')
+    assert _edit(raw, model_json=b'"T"') == slow
+    assert _edit(_uncached(raw), model_json=b'"T"') == slow
 
 
 def test_many_keys_are_scanned_not_counted() -> None:
@@ -258,21 +296,111 @@ def test_hostile_bodies_refused_exactly_when_a_top_level_key_repeats(text: str) 
     pairs, reference = parse_pairs(text)
     keys = [k for k, _ in pairs]
     repeated = [k for i, k in enumerate(keys) if k in keys[:i]]
-    try:
-        members = _members(raw)
-    except InvalidRequest as exc:
-        assert repeated, f"refused without a repeated key: {exc.message}"
-        assert exc.param == repeated[0][:64] + ("..." if len(repeated[0]) > 64 else "")
+    outcomes: list[Members] = []
+    for route in (_members, _uncached):
+        try:
+            outcomes.append(route(raw))
+        except InvalidRequest as exc:
+            assert repeated, f"refused without a repeated key: {exc.message}"
+            assert exc.param == repeated[0][:64] + ("..." if len(repeated[0]) > 64 else "")
+    if repeated:
+        assert not outcomes, f"{repeated[0]!r} repeated, not refused"
         return
-    assert not repeated, f"{repeated[0]!r} repeated, not refused"
+    members, uncached = outcomes
     slow = _slow(raw)
-    assert (members.spans or top_level_members(raw)) == slow.spans
+    assert (members.spans or top_level_members(raw)) == slow.spans == uncached.spans
     if not isinstance(reference.get("model"), str):
         return
-    for way in (members, slow):
+    for way in (members, uncached, slow):
         out = _edit(way, stream=True, model_json=b'"T"', has_options="stream_options" in keys)
         expected: dict[str, Any] = {**reference, "model": "T"}
         opts = expected.get("stream_options")
         expected["stream_options"] = {**(opts if isinstance(opts, dict) else {})}
         expected["stream_options"]["include_usage"] = True
         assert json.loads(out) == expected  # what a last-wins model server reads
+
+
+# -- the fast proof's pattern cache: a client cannot make it compile a pattern per request -----
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _body_with_keys(keys: list[str]) -> bytes:
+    return orjson.dumps({"model": "m", **{k: "v" for k in keys}})
+
+
+def _fast_now(raw: bytes, literals: _Literals) -> bool:
+    """Whether `raw` took the fast proof; its outcome is the full scan's either way."""
+    members = _checked(raw, literals)
+    assert (members.spans or top_level_members(raw)) == top_level_members(raw)
+    assert _edit(members, model_json=b'"T"') == _edit(_slow(raw), model_json=b'"T"')
+    return members.spans is None
+
+
+def test_a_key_set_is_compiled_when_it_comes_back() -> None:
+    literals = _Literals(clock=_Clock())
+    raw = b'{"model":"bot","messages":[{"role":"user","content":"hi"}],"stream":true}'
+    assert [_fast_now(raw, literals) for _ in range(3)] == [False, True, True]
+    # the order of the keys does not matter
+    assert _fast_now(b'{"stream":false,"messages":[],"model":"bot"}', literals)
+    # nor which body carries them: a key's literal elsewhere still sends it to the scan
+    assert not _fast_now(b'{"model":"x","messages":[{"model":"y"}],"stream":true}', literals)
+
+
+def test_the_process_wide_cache_compiles_a_steady_client_s_keys() -> None:
+    raw = b'{"model":"bot","prompt":"hi","max_tokens":5,"seed_test_only_key":1}'
+    with _patterns(_Literals()):
+        first = check_members(raw, orjson.loads(raw))
+        second = check_members(raw, orjson.loads(raw))
+    assert first.spans is not None and second.spans is None
+
+
+def test_a_thrasher_only_pays_the_scan_and_the_compile_budget() -> None:
+    clock = _Clock()
+    literals = _Literals(per_second=2, burst=3, clock=clock)
+    compiled: list[bool] = []
+    for i in range(40):  # a new set of 32 keys every request, each sent twice
+        raw = _body_with_keys([f"k{i}_{j}" for j in range(31)])
+        compiled += [_fast_now(raw, literals) for _ in range(2)]
+    assert compiled == [False, True] * 3 + [False, False] * 37  # the burst, then no budget
+    clock.now += 1.0  # two more compiles
+    steady = _body_with_keys(["messages", "stream"])
+    assert [_fast_now(steady, literals) for _ in range(3)] == [False, True, True]
+    other = _body_with_keys(["prompt"])
+    assert [_fast_now(other, literals) for _ in range(3)] == [False, True, True]
+    third = _body_with_keys(["prompt", "n"])
+    assert [_fast_now(third, literals) for _ in range(3)] == [False, False, False]
+    clock.now += 0.5
+    assert _fast_now(third, literals)
+
+
+def test_only_a_key_set_that_comes_back_soon_is_compiled() -> None:
+    literals = _Literals(recent=4, clock=_Clock())
+    raw = _body_with_keys(["messages"])
+    assert not _fast_now(raw, literals)
+    for i in range(4):  # four other new key sets push the first one out of the counter
+        assert not _fast_now(_body_with_keys([f"other{i}"]), literals)
+    assert [_fast_now(raw, literals) for _ in range(3)] == [False, True, True]
+
+
+def test_the_cache_keeps_the_key_sets_used_last() -> None:
+    literals = _Literals(capacity=2, clock=_Clock())
+    a, b, c = (_body_with_keys([k]) for k in ("a", "b", "c"))
+    for raw in (a, b):
+        assert [_fast_now(raw, literals) for _ in range(2)] == [False, True]
+    assert _fast_now(a, literals)  # `a` used last: `b` goes when `c` comes
+    assert [_fast_now(c, literals) for _ in range(2)] == [False, True]
+    assert _fast_now(a, literals)
+    assert [_fast_now(b, literals) for _ in range(2)] == [False, True]  # counted afresh
+
+
+def test_key_sets_that_are_not_plain_are_never_compiled() -> None:
+    literals = _Literals(clock=_Clock())
+    for raw in (b'{"model":"a","a/b":1}', b'{"model":"a","' + b"k" * 65 + b'":1}'):
+        assert not any(_fast_now(raw, literals) for _ in range(5))

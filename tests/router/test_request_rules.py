@@ -52,10 +52,10 @@ def _gateway(table: RoutingTable | None = None, **settings: Any) -> FakeGateway:
 async def _send(
     gw: FakeGateway, body: bytes, headers: list[tuple[bytes, bytes]] | None = None
 ) -> tuple[int, dict[str, Any]]:
-    scope = {
-        "type": "http",
-        "headers": [(b"content-type", b"application/json"), *(headers or [])],
-    }
+    headers = headers or []
+    if all(name != b"content-type" for name, _ in headers):
+        headers = [(b"content-type", b"application/json"), *headers]
+    scope = {"type": "http", "headers": headers}
     messages: list[dict[str, Any]] = [{"type": "http.request", "body": body}]
     sent: list[dict[str, Any]] = []
 
