@@ -105,6 +105,15 @@ def is_json_media_type(ctype: bytes) -> bool:
     return ctype.split(b";", 1)[0].strip(_OWS).lower() == b"application/json"
 
 
+def header_map(raw: list[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
+    """The request's headers by (lower-case) name; a repeated Content-Type is refused, since
+    the gateway and the model server could each read another one of them."""
+    headers = dict(raw)
+    if len(headers) != len(raw) and sum(k == b"content-type" for k, _ in raw) > 1:
+        raise InvalidRequest("the request carries more than one Content-Type header")
+    return headers
+
+
 @dataclass(frozen=True, slots=True)
 class JsonIntake:
     """Reads a JSON request body within a size limit; each endpoint words its own errors.

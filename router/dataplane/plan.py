@@ -17,7 +17,7 @@ from router.dataplane.body import Members, check_members, edit_request, prompt_f
 from router.dataplane.ports import GatewayPort
 from router.dataplane.routing import CompiledArm, CompiledExperiment
 from router.errors import InvalidRequest, ModelNotFound
-from router.http import JsonIntake, Receive, Scope
+from router.http import JsonIntake, Receive, Scope, header_map
 from serving.pool import ReplicaSet
 from serving.types import Timeouts
 
@@ -57,7 +57,7 @@ class Plan:
 
 async def build_plan(gw: GatewayPort, scope: Scope, receive: Receive) -> Plan:
     """Read the request and decide where it goes; a `GatewayError` refuses it."""
-    headers: dict[bytes, bytes] = dict(scope["headers"])
+    headers = header_map(scope["headers"])
     raw = await _INTAKE.read(headers, receive, gw.settings.max_body_bytes)
     req = read_request(raw)
     exp = gw.table.routes.get(req.model)

@@ -30,7 +30,7 @@ from analysis.types import BUILTIN_SIGNALS
 from router import keys
 from router.errors import GatewayError, NotFound, PayloadTooLarge, StoreUnavailable, Unprocessable
 from router.experiments import Experiment
-from router.http import JsonIntake, error_object, new_request_id
+from router.http import JsonIntake, error_object, header_map, new_request_id
 from router.metrics import GatewayMetrics
 from router.signals.events import EventWriter
 from router.signals.lua import FEEDBACK
@@ -290,7 +290,7 @@ def build_feedback_router(gateway: FeedbackGateway) -> APIRouter:
     @router.post("/v1/feedback", status_code=202)
     async def feedback(request: Request) -> Response:
         """Report an outcome signal for a request (or a list of up to 1,000)."""
-        raw = await _INTAKE.read(dict(request.scope["headers"]), request.receive, limit)
+        raw = await _INTAKE.read(header_map(request.scope["headers"]), request.receive, limit)
         data = _INTAKE.parse(raw)
         if isinstance(data, list):
             if not data:

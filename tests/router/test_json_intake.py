@@ -113,3 +113,16 @@ async def test_a_charset_is_accepted_and_forwarded_unchanged() -> None:
     (call,) = gw.replicas.calls
     assert orjson.loads(call["body"])["model"] == "lora"
     assert [v for k, v in call["headers"] if k.lower() == "content-type"] == [ctype.decode()]
+
+
+async def test_a_repeated_content_type_is_refused() -> None:
+    """The gateway would read one Content-Type and the model server maybe the other."""
+    gw = _gateway()
+    twice = [(b"content-type", b"application/json"), (b"content-type", b"text/plain")]
+    status, answer = await _send(gw, CHAT + b"}", twice)
+    assert status == 400 and "more than one Content-Type" in answer["error"]["message"]
+    assert gw.replicas.calls == [] and gw.events == []
+    # other repeated headers are no reason to refuse
+    other = [(b"content-type", b"application/json"), (b"x-note", b"a"), (b"x-note", b"b")]
+    status, _ = await _send(gw, CHAT + b"}", other)
+    assert status == 200
