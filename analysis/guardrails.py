@@ -50,6 +50,18 @@ def evaluate(
         "test": test,
     }
     ci = test.relative_interval if relative else test.interval
+    c = comparison.control
+    if relative and test.status == "ok" and ci is None and c is not None and c.value == 0:
+        # a relative margin on a metric that is 0 in control (cost without prices): no harm
+        # when the treatment is shown no higher (lower, for higher-is-better) than 0
+        assert test.interval is not None
+        harm = test.interval.high if worse_is_higher else -test.interval.low
+        if harm <= 0:
+            return GuardrailResult(
+                verdict="non_inferior",
+                reason=f"control is 0 and the harm is at most {harm:.4g}",
+                **base,
+            )
     if test.status != "ok" or ci is None:
         reason = test.reason or "no relative interval (control value is 0)"
         return GuardrailResult(verdict="insufficient_data", reason=reason, **base)

@@ -5,6 +5,14 @@ same code serves rates (thumbs-up rate = thumbs up / votes; error rate = errors 
 per-request means (latency, tokens, cost). Comparisons are at the unit level (delta method):
 `sequential=True` gives the always-valid mSPRT used for live decisions, `False` the fixed-horizon
 z-test for the final report.
+
+Before any test: each arm needs `min_units` units with a non-zero denominator (units that voted,
+for the thumbs-up rate), and each arm's variance must be positive. For proportions (events per
+request or per vote) each arm's variance is floored at the binomial variance of its
+Laplace-smoothed rate, (x + 1)/(n + 2), over its n requests (votes): with rare or zero events the
+unit-level variance is 0 or far too small, and the floor lets a healthy error rate be shown
+within a guardrail's margin (0 errors in 5,000 requests: the floor's standard error is 0.02
+points) while a single unlucky unit cannot produce a tiny p-value (docs/statistics.md).
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ from dataclasses import dataclass
 
 from scipy import stats
 
-from analysis.stats._util import insufficient, normal_result
+from analysis.stats._util import insufficient, interval, normal_result
 from analysis.stats.delta import ratio_estimate
 from analysis.stats.sequential import msprt
 from analysis.types import (
@@ -48,6 +56,7 @@ class Metric:
     tau: float | None = None
     tau_relative: float | None = None
     description: str = ""
+    proportion: bool = False  # numerator counts events of the denominator (a rate in [0, 1])
 
     def mixing_scale(self, control_value: float) -> float:
         if self.tau is not None:
@@ -66,6 +75,7 @@ METRICS: dict[str, Metric] = {
             True,
             tau=0.05,
             description="thumbs up / (thumbs up + thumbs down)",
+            proportion=True,
         ),
         Metric(
             "escalation_rate",
@@ -74,6 +84,7 @@ METRICS: dict[str, Metric] = {
             False,
             tau=0.02,
             description="escalations per request",
+            proportion=True,
         ),
         Metric(
             "resolution_rate",
@@ -82,6 +93,7 @@ METRICS: dict[str, Metric] = {
             True,
             tau=0.05,
             description="resolutions per request",
+            proportion=True,
         ),
         Metric(
             "regeneration_rate",
@@ -90,6 +102,7 @@ METRICS: dict[str, Metric] = {
             False,
             tau=0.02,
             description="regenerated answers per request",
+            proportion=True,
         ),
         Metric(
             "error_rate",
@@ -98,6 +111,7 @@ METRICS: dict[str, Metric] = {
             False,
             tau=0.01,
             description="failed requests per request",
+            proportion=True,
         ),
         Metric(
             "client_close_rate",
@@ -106,6 +120,7 @@ METRICS: dict[str, Metric] = {
             False,
             tau=0.02,
             description="requests whose client went away mid-stream, per request",
+            proportion=True,
         ),
         Metric(
             "latency_ms",
@@ -149,7 +164,9 @@ def metric(name: str) -> Metric:
     if found is not None:
         return found
     if name.endswith("_rate"):
-        return Metric(name, signal_count(name[: -len("_rate")]), REQUESTS, True, tau=0.05)
+        return Metric(
+            name, signal_count(name[: -len("_rate")]), REQUESTS, True, tau=0.05, proportion=True
+        )
     raise KeyError(f"unknown metric {name!r}; known: {', '.join(METRICS)} or <signal>_rate")
 
 
@@ -185,6 +202,37 @@ def estimates(m: Metric, control: ArmSnapshot, treatment: ArmSnapshot) -> tuple[
     )
 
 
+def variance_floor(m: Metric, est: Estimate) -> float:
+    """The least variance an arm's estimate is tested with: for a proportion, the binomial
+    variance of the Laplace-smoothed rate p = (x + 1)/(n + 2) over the arm's n requests (votes);
+    0 for means. The unit-level (delta) variance is used whenever it is larger (clustering)."""
+    if not m.proportion or est.denominator <= 0:
+        return 0.0
+    p = (est.numerator + 1) / (est.denominator + 2)
+    return p * (1 - p) / est.denominator
+
+
+def floored(m: Metric, est: Estimate) -> Estimate:
+    floor = variance_floor(m, est)
+    if est.variance >= floor:
+        return est
+    return est.model_copy(update={"variance": floor})
+
+
+def exact_difference(method: str, control: float, treatment: float, alpha: float) -> TestResult:
+    """Both arms without any spread: the difference is what it is."""
+    diff = treatment - control
+    rel = rel_ci = None
+    if control != 0:
+        rel = treatment / control - 1
+        rel_ci = interval(rel, rel)
+    return TestResult(
+        status="ok", method=f"{method} (no spread in either arm: exact)", difference=diff,
+        interval=interval(diff, diff), p_value=1.0 if diff == 0 else 0.0, statistic=0.0,
+        relative_lift=rel, relative_interval=rel_ci, significant=diff != 0, alpha=alpha,
+    )  # fmt: skip
+
+
 def compare(
     snapshot: ExperimentSnapshot,
     name: str,
@@ -194,24 +242,44 @@ def compare(
     previous: TestResult | None = None,
     min_units: int = 2,
 ) -> MetricComparison:
-    """Treatment vs control on one metric, at the unit level."""
+    """Treatment vs control on one metric, at the unit level: each arm needs `min_units` units
+    with a non-zero denominator and a positive (for proportions: floored) variance."""
     m = metric(name)
     c, t = estimates(m, snapshot.control, snapshot.treatment)
     method = "mSPRT" if sequential else "z-test"
-    if c is None or t is None or min(c.units, t.units) < min_units:
+    have = (
+        snapshot.control.units.with_data(m.denominator),
+        snapshot.treatment.units.with_data(m.denominator),
+    )
+    if c is None or t is None or min(have) < min_units:
+        reason = (
+            f"each arm needs {min_units}+ units with {m.denominator} "
+            f"(control {have[0]}, treatment {have[1]})"
+        )
         return MetricComparison(
-            metric=name, control=c, treatment=t,
-            test=insufficient(method, f"each arm needs {min_units}+ units with data", alpha),
-        )  # fmt: skip
+            metric=name, control=c, treatment=t, test=insufficient(method, reason, alpha)
+        )
+    cf, tf = floored(m, c), floored(m, t)
+    if cf.variance <= 0 and tf.variance <= 0:
+        # a mean that every unit of both arms has exactly (cost without prices: 0): the
+        # difference is known; with min_units units per arm this is not chance
+        test = exact_difference(method, c.value, t.value, alpha)
+        return MetricComparison(metric=name, control=c, treatment=t, test=test)
+    # a mean with no spread in one arm borrows the other arm's unit-level dispersion, so that
+    # an arm of identical units never makes the test's variance that of the other arm alone
+    if cf.variance <= 0:
+        cf = cf.model_copy(update={"variance": tf.variance * tf.units / max(cf.units, 1)})
+    elif tf.variance <= 0:
+        tf = tf.model_copy(update={"variance": cf.variance * cf.units / max(tf.units, 1)})
     if sequential:
         test = msprt(
             t.value - c.value,
-            c.variance + t.variance,
+            cf.variance + tf.variance,
             m.mixing_scale(c.value),
             alpha,
             previous,
             control_value=c.value,
         )
     else:
-        test = difference_test(c, t, alpha)
+        test = difference_test(cf, tf, alpha)
     return MetricComparison(metric=name, control=c, treatment=t, test=test)

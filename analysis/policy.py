@@ -9,8 +9,14 @@ Rules, in order (the first that applies wins):
 4. **hold** until the step's minimums are met: new units per arm in the step, time in the step.
 5. At the last ramp step below 100 %: **promote** when the primary metric is significantly better
    (or, with `promote_when: non_inferior`, when its interval excludes a loss larger than the
-   margin); otherwise **hold**.
+   margin) *and every guardrail is `non_inferior`*; otherwise **hold**.
 6. Otherwise **advance** to the next ramp step.
+
+No test acts on thin evidence: the primary metric and every guardrail are tested only once each
+arm has `min_evidence_units` units with data for the metric (units that voted, for the thumbs-up
+rate; analysis/metrics.py), so neither rule 2, 3 nor 5 can fire before; until then they are
+`insufficient_data` and the decision is hold (or advance, which needs nothing shown worse).
+Hard failures are the circuit breaker's (router/dataplane), which does not wait for evidence.
 """
 
 from __future__ import annotations
@@ -90,11 +96,17 @@ def decide(
             g.margin,
             relative=g.relative,
             alpha=policy.alpha,
-            min_units=min(policy.min_units_per_arm, 20),
+            min_units=policy.min_evidence_units,
         )
         for g in policy.guardrails
     ]
-    primary = compare(snapshot, policy.primary_metric, sequential=True, alpha=policy.alpha)
+    primary = compare(
+        snapshot,
+        policy.primary_metric,
+        sequential=True,
+        alpha=policy.alpha,
+        min_units=policy.min_evidence_units,
+    )
     common = {"srm": srm, "guardrails": guardrails, "primary": primary}
     breaches = [g for g in guardrails if g.verdict == "inferior"]
     if breaches:
@@ -121,6 +133,15 @@ def decide(
 
     nxt = next((s for s in ramp_steps if s > share), None)
     if nxt is None or nxt >= 100:
+        # promotion needs every guardrail shown within its margin, not merely "not breached"
+        unproven = [g for g in guardrails if g.verdict != "non_inferior"]
+        if unproven:
+            return decision(
+                "hold",
+                "last step: guardrails not yet shown non-inferior: "
+                + "; ".join(f"{g.metric} {g.verdict} ({g.reason})" for g in unproven),
+                **common,
+            )
         if policy.promote_when == "better":
             if better == "better":
                 return decision(

@@ -20,7 +20,9 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
+from analysis.policy import decide
 from analysis.stats.delta import ratio_from_sums_np
+from analysis.types import ArmSnapshot, ExperimentSnapshot, Policy, StepState, UnitSums
 
 Outcome = Literal["thumbs_up", "error"]
 HOURS_PER_DAY = 24.0
@@ -173,3 +175,135 @@ def decisions(
         naive_request=naive_req_now,
         request_level=np.maximum.accumulate(req_now),
     )
+
+
+# -- the whole policy (analysis/policy.py `decide`) on a simulated population ---------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyModel:
+    """A population for the full policy: users arrive uniformly (`users_per_day`), each with a
+    hash position in [0, 100) so that a share increase moves some of them from control to
+    treatment as the gateway does; 1 + Poisson(`extra_requests`) requests each, the first at
+    arrival, the others uniform over the rest of `days`. A request is voted on with probability
+    `vote_rate`, a thumbs-up with the user's per-arm probability Beta(c·m, c·(1 − m)), and fails
+    with the arm's error probability."""
+
+    days: float = 14.0
+    users_per_day: int = 2000
+    extra_requests: float = 3.0
+    vote_rate: float = 0.5
+    m_control: float = 0.70
+    m_treatment: float = 0.70
+    concentration: float = 10.0
+    error_control: float = 0.01
+    error_treatment: float = 0.01
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyRun:
+    action: str  # the first final action (promote, rollback, pause), or "hold" at the horizon
+    hours: float  # when it was taken (the horizon for "hold")
+    share: float  # the share when it was taken
+    treatment_requests: int
+    reasons: tuple[str, ...]
+
+
+def simulate_policy(
+    model: PolicyModel,
+    policy: Policy,
+    rng: np.random.Generator,
+    *,
+    start_share: float = 5.0,
+    ramp_steps: tuple[float, ...] = (5.0, 10.0, 25.0, 50.0, 100.0),
+    look_every_hours: float = 1.0,
+    horizon_hours: float | None = None,
+) -> PolicyRun:
+    """Run the real `decide` at every look on the sums the gateway would hold, applying its
+    advances (a new step, as the controller keeps it) until a final action or the horizon."""
+    total = model.days * HOURS_PER_DAY
+    last = total if horizon_hours is None else min(total, horizon_hours)
+    n_users = round(last / HOURS_PER_DAY * model.users_per_day)
+    arrival = rng.random(n_users) * last
+    position = rng.random(n_users) * 100
+    conc = model.concentration
+    p_up = np.stack([
+        rng.beta(conc * model.m_control, conc * (1 - model.m_control), n_users),
+        rng.beta(conc * model.m_treatment, conc * (1 - model.m_treatment), n_users),
+    ])  # fmt: skip
+    n_req = 1 + rng.poisson(model.extra_requests, n_users)
+    user = np.repeat(np.arange(n_users), n_req)
+    starts = np.repeat(arrival, n_req)
+    first = np.ones(len(user), dtype=bool)
+    first[1:] = user[1:] != user[:-1]
+    t = np.where(first, starts, starts + rng.random(len(user)) * (total - starts))
+    keep = t < last
+    user, t = user[keep], t[keep]
+    order = np.argsort(t)
+    user, t = user[order], t[order]
+    voted = (rng.random(len(user)) < model.vote_rate).astype(np.float64)
+    draw = rng.random(len(user))
+    up = np.stack([(draw < p_up[a][user]) * voted for a in (0, 1)]).astype(np.float64)
+    edraw = rng.random(len(user))
+    err = np.stack([
+        (edraw < model.error_control).astype(np.float64),
+        (edraw < model.error_treatment).astype(np.float64),
+    ])  # fmt: skip
+
+    fields = ("requests", "votes", "fb:thumbs_up", "errors")
+    acc = {f: np.zeros((2, n_users)) for f in fields}
+    seen = np.zeros((2, n_users), dtype=bool)
+    moved = [0, 0]
+    share = start_share
+    step = StepState(share=share, started_at=0.0)
+    looks = np.arange(look_every_hours, last + 1e-9, look_every_hours)
+    bounds = np.searchsorted(t, looks, side="right")
+    lo = 0
+
+    def sums(a: int) -> UnitSums:
+        y = {f: acc[f][a] for f in fields}
+        s1 = {f: float(v.sum()) for f, v in y.items()}
+        s2 = {f: float(v @ v) for f, v in y.items()}
+        cross = {
+            "errors|requests": float(y["errors"] @ y["requests"]),
+            "fb:thumbs_up|requests": float(y["fb:thumbs_up"] @ y["requests"]),
+            "votes|requests": float(y["votes"] @ y["requests"]),
+            "fb:thumbs_up|votes": float(y["fb:thumbs_up"] @ y["votes"]),
+        }
+        nonzero = {d: int(np.count_nonzero(y[d])) for d in ("requests", "votes")}
+        return UnitSums(units=int(seen[a].sum()), moved_in=moved[a], s1=s1, s2=s2, cross=cross,
+                        nonzero=nonzero)  # fmt: skip
+
+    for hour, hi in zip(looks, bounds, strict=True):
+        if hi > lo:
+            u = user[lo:hi]
+            arm = (position[u] < share).astype(np.int64)
+            for a in (0, 1):
+                sel = arm == a
+                ua = u[sel]
+                new = np.unique(ua[~seen[a][ua]])
+                moved[a] += int(np.count_nonzero(seen[1 - a][new]))
+                seen[a][new] = True
+                np.add.at(acc["requests"][a], ua, 1.0)
+                idx = np.arange(lo, hi)[sel]
+                np.add.at(acc["votes"][a], ua, voted[idx])
+                np.add.at(acc["fb:thumbs_up"][a], ua, up[a][idx])
+                np.add.at(acc["errors"][a], ua, err[a][idx])
+            lo = hi
+        now = float(hour) * 3600
+        c, tr = sums(0), sums(1)
+        snap = ExperimentSnapshot(
+            experiment="sim", route="sim", treatment_percent=share, taken_at=now,
+            control=ArmSnapshot(units=c), treatment=ArmSnapshot(units=tr),
+        )  # fmt: skip
+        d = decide(policy, snap, step, now, list(ramp_steps))
+        if d.action == "advance":
+            share = next(s for s in ramp_steps if s > share)
+            step = StepState(
+                share=share, started_at=now, control_units_at_start=c.units,
+                treatment_units_at_start=tr.units, moved_in_at_start=tr.moved_in,
+            )  # fmt: skip
+        elif d.action != "hold":
+            return PolicyRun(d.action, float(hour), share, int(tr.total("requests")),
+                             tuple(d.reasons))  # fmt: skip
+    return PolicyRun("hold", last, share, int(acc["requests"][1].sum()), ())

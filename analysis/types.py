@@ -52,12 +52,25 @@ class UnitSums(BaseModel):
     cross: dict[str, float] = Field(
         default_factory=dict, description="key 'numerator|denominator' -> Σ y_i n_i"
     )
+    nonzero: dict[str, int] = Field(
+        default_factory=dict,
+        description="denominator field -> units whose total of it is non-zero (e.g. that voted)",
+    )
 
     def total(self, field: str) -> float:
         return self.s1.get(field, 0.0)
 
     def sq(self, field: str) -> float:
         return self.s2.get(field, 0.0)
+
+    def with_data(self, denominator: str) -> int:
+        """Units with a non-zero total of `denominator` (the gateway's `nz:` aggregates; a unit
+        without one contributes nothing to a ratio metric). Every unit has a request, so units
+        without any `nz:` count are aggregates written before the count existed (an ended
+        experiment's report): then every unit counts, as it did."""
+        if not self.nonzero and self.units > 0:
+            return self.units
+        return self.nonzero.get(denominator, 0)
 
     def xy(self, numerator: str, denominator: str) -> float:
         if numerator == denominator:
@@ -259,6 +272,12 @@ class Policy(BaseModel):
     non_inferiority_margin: float = Field(default=0.01, gt=0)
     guardrails: list[GuardrailSpec] = Field(default_factory=_default_guardrails)
     min_units_per_arm: int = Field(default=200, ge=2)
+    min_evidence_units: int = Field(
+        default=20,
+        ge=2,
+        description="Units per arm with data for a metric (that voted, for thumbs metrics) "
+        "before its test may act: rollback as well as promotion",
+    )
     min_step_seconds: float = Field(default=3600.0, ge=0)
     interval_seconds: float = Field(default=60.0, gt=0)
     alpha: float = Field(default=0.05, gt=0, lt=0.5)
@@ -276,6 +295,9 @@ class StepState(BaseModel):
     control_units_at_start: int = 0
     treatment_units_at_start: int = 0
     moved_in_at_start: int = 0
+    resumed_at: float = Field(
+        default=0.0, description="The experiment's `resumed_at` when the step started"
+    )
 
 
 class Decision(BaseModel):

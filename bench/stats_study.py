@@ -10,7 +10,19 @@ Beta(10m, 10(1 − m)), a look every hour.
    guardrail (margin +1 point, looks every 5 minutes) declares a breach.
 4. A broken split (8 % delivered, 10 % configured): how often SRM flags it within a day.
 
-Run: ``python -m bench.stats_study [--reps 2000] [--workers 2]`` (``make stats-study``).
+The whole policy (analysis/policy.py `decide`, run by `analysis.simulate.simulate_policy` on the
+sums the gateway keeps, ramping 5 -> 10 -> 25 -> 50 % as the controller does; `--policy-reps`):
+
+5. A harmful winner: thumbs-up 70 % -> 75 % but the error rate 1 % -> 2.5 % against a 1-point
+   guardrail margin (hourly looks, 14 days): how often it is promoted (target <= alpha), and a
+   harmless winner (error rate 1 % in both arms) for comparison.
+6. Thin evidence: an A/A at a 5 % share with a look every 60 s over the first 12 hours, and
+   an A/A through the whole ramp with hourly looks over 14 days: how often the policy acts.
+7. The issue-16 example (60 control users, 2 treatment users with 5 thumbs-down) through
+   `decide`.
+
+Run: ``python -m bench.stats_study [--reps 2000] [--policy-reps 200] [--workers 2]``
+(``make stats-study``).
 """
 
 from __future__ import annotations
@@ -24,13 +36,26 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from analysis.simulate import StudyModel, decisions, simulate
+from analysis.policy import decide
+from analysis.simulate import PolicyModel, StudyModel, decisions, simulate, simulate_policy
+from analysis.types import (
+    ArmSnapshot,
+    ExperimentSnapshot,
+    GuardrailSpec,
+    Policy,
+    StepState,
+    UnitSums,
+)
 
 ALPHA = 0.05
 TAU_THUMBS = 0.05
 TAU_ERRORS = 0.01
 ERROR_MARGIN = 0.01
 SRM_THRESHOLD = 0.001
+# the policy scenarios: the defaults (200 new units per arm and an hour per step, alpha 5 %,
+# 20 units with data per arm before any test acts) with the error-rate guardrail alone
+POLICY = Policy(guardrails=[GuardrailSpec(metric="error_rate", margin=ERROR_MARGIN)])
+POLICY_SCENARIOS = ("harmful", "winner", "aa_fast", "aa_policy")
 
 
 def _srm_p(k: np.ndarray, share: float) -> np.ndarray:
@@ -76,6 +101,20 @@ def _scenario(args: tuple[str, int, int]) -> dict[str, list[float]]:
             put("detected", float(len(breach) > 0))
             put("requests", float(sums.sn[breach[0], 1]) if len(breach) else np.nan)
             put("hours", float(sums.hours[breach[0]]) if len(breach) else np.nan)
+        elif name in POLICY_SCENARIOS:
+            if name == "aa_fast":
+                run_ = simulate_policy(PolicyModel(), POLICY, rng, look_every_hours=1 / 60,
+                                       horizon_hours=12)  # fmt: skip
+            elif name == "aa_policy":
+                run_ = simulate_policy(PolicyModel(), POLICY, rng)
+            else:
+                errors = 0.025 if name == "harmful" else 0.01
+                model = PolicyModel(m_treatment=0.75, error_treatment=errors)
+                run_ = simulate_policy(model, POLICY, rng)
+            for action in ("promote", "rollback", "pause", "hold"):
+                put(action, float(run_.action == action))
+            put("hours", run_.hours if run_.action != "hold" else np.nan)
+            put("treatment_requests", float(run_.treatment_requests))
         elif name == "srm":
             sums = simulate(StudyModel(actual_share=0.08), rng, horizon_hours=24 * 7)
             p = _srm_p(sums.k, 0.10)
@@ -86,14 +125,23 @@ def _scenario(args: tuple[str, int, int]) -> dict[str, list[float]]:
     return out
 
 
-def run(reps: int, workers: int, seed: int = 20261128) -> dict[str, dict[str, Any]]:
+def run(
+    reps: int,
+    workers: int,
+    seed: int = 20261128,
+    policy_reps: int = 200,
+    names: tuple[str, ...] = ("aa", "drop", "errors", "srm", *POLICY_SCENARIOS),
+) -> dict[str, dict[str, Any]]:
     jobs: list[tuple[str, int, int]] = []
-    chunk = max(1, reps // (workers * 4))
-    for i, name in enumerate(("aa", "drop", "errors", "srm")):
+    for i, name in enumerate(("aa", "drop", "errors", "srm", *POLICY_SCENARIOS)):
+        if name not in names:
+            continue
+        total = policy_reps if name in POLICY_SCENARIOS else reps
+        chunk = max(1, total // (workers * 4))
         done = 0
-        while done < reps:
-            n = min(chunk, reps - done)
-            jobs.append((name, seed + 1000 * i + done, n))
+        while done < total:
+            n = min(chunk, total - done)
+            jobs.append((name, seed + 100_000 * i + done, n))
             done += n
     results: dict[str, dict[str, list[float]]] = {}
     with ProcessPoolExecutor(max_workers=workers) as pool:
@@ -101,6 +149,53 @@ def run(reps: int, workers: int, seed: int = 20261128) -> dict[str, dict[str, An
             for key, values in part.items():
                 results.setdefault(name, {}).setdefault(key, []).extend(values)
     return {n: {k: np.array(v) for k, v in r.items()} for n, r in results.items()}
+
+
+def two_users() -> dict[str, str]:
+    """The issue-16 example through `decide`: 60 control users (thumbs-up about 60 %, every
+    request voted) and 2 treatment users with 5 thumbs-down between them, at the 5 % step."""
+    rng = np.random.default_rng(16)
+    n = (1 + rng.poisson(3, 60)).astype(float)
+    up = rng.binomial(n.astype(int), 0.6).astype(float)
+    two = np.array([3.0, 2.0])
+
+    def arm(req: np.ndarray, ups: np.ndarray) -> ArmSnapshot:
+        return ArmSnapshot(units=UnitSums(
+            units=len(req),
+            s1={"requests": req.sum(), "votes": req.sum(), "fb:thumbs_up": ups.sum()},
+            s2={"requests": req @ req, "votes": req @ req, "fb:thumbs_up": ups @ ups},
+            cross={"fb:thumbs_up|votes": ups @ req, "fb:thumbs_up|requests": ups @ req,
+                   "votes|requests": req @ req},
+            nonzero={"requests": len(req), "votes": len(req)},
+        ))  # fmt: skip
+
+    snap = ExperimentSnapshot(experiment="two", route="r", treatment_percent=5, taken_at=3600,
+                              control=arm(n, up), treatment=arm(two, np.zeros(2)))  # fmt: skip
+    out: dict[str, str] = {}
+    for key, pol in (("", POLICY), ("floor_", POLICY.model_copy(update={"min_evidence_units": 2}))):
+        d = decide(pol, snap, StepState(share=5, started_at=0), 3600, [5, 10, 25, 50, 100])
+        test = d.primary.test if d.primary is not None else None
+        out[key + "action"] = d.action
+        out[key + "reason"] = (
+            ""
+            if test is None
+            else test.reason or f"p = {test.p_value:.3g}, difference {test.difference:+.3f}"
+        )
+    return out
+
+
+def wilson(x: np.ndarray) -> tuple[float, float, float]:
+    """The proportion of a 0/1 array with its 95 % Wilson interval (it stays inside [0, 1] and
+    is not empty at 0 of n)."""
+    n, p, z = len(x), float(np.mean(x)), 1.959963984540054
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return p, max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _ci(x: np.ndarray) -> str:
+    _, lo, hi = wilson(x)
+    return f"[{100 * lo:.1f}, {100 * hi:.1f}]"
 
 
 def _pct(x: np.ndarray) -> str:
@@ -112,44 +207,116 @@ def _se(x: np.ndarray) -> str:
     return f"± {100 * 1.96 * np.sqrt(p * (1 - p) / len(x)):.1f}"
 
 
+SCENARIOS = ("aa", "drop", "errors", "srm", *POLICY_SCENARIOS, "two_users")
+Row = tuple[str, str, str]
+
+
+def _rows(name: str, x: dict[str, Any]) -> list[Row]:
+    if name == "aa":
+        return [
+            ("1. A/A, ever declares a difference over 14 days (target <= 5 %)", "", ""),
+            ("   mSPRT, unit-level variance (abgate)", _pct(x["sequential"]),
+             _se(x["sequential"])),
+            ("   z-test at every hourly look (naive peeking)", _pct(x["naive_peeking"]),
+             _se(x["naive_peeking"])),
+            ("   z-test once at day 14, unit-level variance", _pct(x["final_unit_z"]),
+             _se(x["final_unit_z"])),
+            ("   z-test once at day 14, request-level (ignores clustering)",
+             _pct(x["final_request_z"]), _se(x["final_request_z"])),
+            ("   mSPRT with request-level variance (ignores clustering)",
+             _pct(x["request_sequential"]), _se(x["request_sequential"])),
+            ("   SRM false alarm at any hourly look (correct split)", _pct(x["srm_any_look"]),
+             _se(x["srm_any_look"])),
+        ]  # fmt: skip
+    if name == "drop":
+        return [
+            ("2. Drop 70 % -> 65 % at 10 % share", "", ""),
+            ("   power of the mSPRT within 14 days", _pct(x["detected"]), _se(x["detected"])),
+            ("   median time to detection (days)", f"{np.nanmedian(x['hours']) / 24:.1f}", ""),
+            ("   fixed-horizon z-test power at day 14 (reference)", _pct(x["naive_final"]), ""),
+        ]
+    if name == "errors":
+        return [
+            ("3. Error rate 1 % -> 10 %, guardrail margin +1 point, 5-minute looks", "", ""),
+            ("   breach declared within 48 h", _pct(x["detected"]), ""),
+            ("   median treatment requests until breach", f"{np.nanmedian(x['requests']):.0f}",
+             ""),
+            ("   median time until breach (hours)", f"{np.nanmedian(x['hours']):.2f}", ""),
+        ]  # fmt: skip
+    if name == "srm":
+        return [
+            ("4. Broken split: 8 % delivered, 10 % configured (SRM p < 0.001)", "", ""),
+            ("   flagged within a day", _pct(x["day1"]), _se(x["day1"])),
+            ("   flagged within a week", _pct(x["week1"]), _se(x["week1"])),
+            ("   median time to flag (hours)", f"{np.nanmedian(x['hours']):.0f}", ""),
+        ]
+    if name == "harmful":
+        return [
+            ("5. Whole policy: thumbs-up 70 % -> 75 %, errors 1 % -> 2.5 %, margin 1 pt", "", ""),
+            ("   promoted (target <= 5 %)", _pct(x["promote"]), _ci(x["promote"])),
+            ("   rolled back (error-rate guardrail)", _pct(x["rollback"]), _ci(x["rollback"])),
+            ("   paused (SRM)", _pct(x["pause"]), _ci(x["pause"])),
+            ("   still holding after 14 days", _pct(x["hold"]), _ci(x["hold"])),
+            ("   median hours to the action", f"{np.nanmedian(x['hours']):.0f}", ""),
+        ]
+    if name == "winner":
+        return [
+            ("   the same winner, error rate 1 % in both arms: promoted", _pct(x["promote"]),
+             _ci(x["promote"])),
+            ("   ... rolled back", _pct(x["rollback"]), _ci(x["rollback"])),
+            ("   ... paused (SRM)", _pct(x["pause"]), _ci(x["pause"])),
+            ("   ... median hours to the action", f"{np.nanmedian(x['hours']):.0f}", ""),
+        ]  # fmt: skip
+    if name == "aa_fast":
+        any_ = np.maximum.reduce([x["promote"], x["rollback"], x["pause"]])
+        return [
+            ("6. A/A, 5 % share, a look every 60 s, first 12 h: any action", _pct(any_),
+             _ci(any_)),
+            ("   ... rollbacks", _pct(x["rollback"]), _ci(x["rollback"])),
+            ("   ... pauses (SRM)", _pct(x["pause"]), _ci(x["pause"])),
+        ]  # fmt: skip
+    if name == "aa_policy":
+        return [
+            ("6b. A/A, whole ramp from 5 %, hourly looks, 14 days: promoted", _pct(x["promote"]),
+             _ci(x["promote"])),
+            ("   ... rolled back", _pct(x["rollback"]), _ci(x["rollback"])),
+            ("   ... paused (SRM)", _pct(x["pause"]), _ci(x["pause"])),
+        ]  # fmt: skip
+    action, reason = x["action"], x["reason"]
+    return [
+        ("7. 60 control users, 2 treatment users with 5 thumbs-down (issue 16)", "", ""),
+        ("   decide(), default minimum evidence (20 voting units per arm)", action, ""),
+        ("   primary metric", "", reason),
+        ("   with min_evidence_units = 2 (variance floor alone)", x["floor_action"],
+         x["floor_reason"]),
+    ]  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="simulation study of the live statistics")
     parser.add_argument("--reps", type=int, default=2000)
+    parser.add_argument("--policy-reps", type=int, default=200,
+                        help="replications of the whole-policy scenarios (slower)")  # fmt: skip
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS),
+                        help=f"comma-separated subset of {', '.join(SCENARIOS)}")  # fmt: skip
     args = parser.parse_args(argv)
+    chosen = [s for s in args.scenarios.split(",") if s]
+    unknown = set(chosen) - set(SCENARIOS)
+    if unknown:
+        parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
     t0 = time.monotonic()
-    r = run(args.reps, args.workers)
-    aa, drop, err, srm = r["aa"], r["drop"], r["errors"], r["srm"]
-    rows = [
-        ("1. A/A, ever declares a difference over 14 days (target <= 5 %)", "", ""),
-        ("   mSPRT, unit-level variance (abgate)", _pct(aa["sequential"]), _se(aa["sequential"])),
-        ("   z-test at every hourly look (naive peeking)", _pct(aa["naive_peeking"]),
-         _se(aa["naive_peeking"])),
-        ("   z-test once at day 14, unit-level variance", _pct(aa["final_unit_z"]),
-         _se(aa["final_unit_z"])),
-        ("   z-test once at day 14, request-level (ignores clustering)",
-         _pct(aa["final_request_z"]), _se(aa["final_request_z"])),
-        ("   mSPRT with request-level variance (ignores clustering)",
-         _pct(aa["request_sequential"]), _se(aa["request_sequential"])),
-        ("   SRM false alarm at any hourly look (correct split)", _pct(aa["srm_any_look"]),
-         _se(aa["srm_any_look"])),
-        ("2. Drop 70 % -> 65 % at 10 % share", "", ""),
-        ("   power of the mSPRT within 14 days", _pct(drop["detected"]), _se(drop["detected"])),
-        ("   median time to detection (days)",
-         f"{np.nanmedian(drop['hours']) / 24:.1f}", ""),
-        ("   fixed-horizon z-test power at day 14 (reference)", _pct(drop["naive_final"]), ""),
-        ("3. Error rate 1 % -> 10 %, guardrail margin +1 point, 5-minute looks", "", ""),
-        ("   breach declared within 48 h", _pct(err["detected"]), ""),
-        ("   median treatment requests until breach", f"{np.nanmedian(err['requests']):.0f}", ""),
-        ("   median time until breach (hours)", f"{np.nanmedian(err['hours']):.2f}", ""),
-        ("4. Broken split: 8 % delivered, 10 % configured (SRM p < 0.001)", "", ""),
-        ("   flagged within a day", _pct(srm["day1"]), _se(srm["day1"])),
-        ("   flagged within a week", _pct(srm["week1"]), _se(srm["week1"])),
-        ("   median time to flag (hours)", f"{np.nanmedian(srm['hours']):.0f}", ""),
-    ]  # fmt: skip
-    print(f"\nsimulation study, {args.reps} replications per scenario "
-          f"({time.monotonic() - t0:.0f} s, {args.workers} workers)\n")  # fmt: skip
-    width = max(len(r[0]) for r in rows)
+    r: dict[str, dict[str, Any]] = run(
+        args.reps, args.workers, policy_reps=args.policy_reps,
+        names=tuple(s for s in chosen if s != "two_users"),
+    )  # fmt: skip
+    if "two_users" in chosen:
+        r["two_users"] = two_users()
+    rows = [row for name in SCENARIOS if name in r for row in _rows(name, r[name])]
+    print(f"\nsimulation study, {args.reps} replications per scenario, {args.policy_reps} per "
+          f"whole-policy scenario ({time.monotonic() - t0:.0f} s, {args.workers} workers); "
+          "95 % Monte Carlo intervals: ± (normal) or [Wilson]\n")  # fmt: skip
+    width = max(len(row[0]) for row in rows)
     for label, value, ci in rows:
         print(f"{label.ljust(width)}  {value:>8} {ci}")
     return 0

@@ -236,6 +236,12 @@ class Experiment(BaseModel):
     version: int = Field(default=0, ge=0, description="Bumped on every change (ETag)")
     state_reason: str = Field(default="", description="Why the last state change happened")
     updated_at: float = Field(default=0.0, ge=0)
+    resumed_at: float = Field(
+        default=0.0,
+        ge=0,
+        description="When the experiment was last resumed (the controller "
+        "starts a new ramp step then)",
+    )
 
     @field_validator("signals")
     @classmethod
@@ -318,7 +324,7 @@ class Experiment(BaseModel):
         return self.salt if self.salt is not None else self.name
 
 
-BOOKKEEPING = frozenset({"version", "state_reason", "updated_at"})
+BOOKKEEPING = frozenset({"version", "state_reason", "updated_at", "resumed_at"})
 
 
 def differing_fields(a: Experiment, b: Experiment) -> list[str]:

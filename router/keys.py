@@ -70,7 +70,8 @@ def arm_totals(name: str, arm: str) -> str:
 
 
 def unit_sums(name: str, arm: str) -> str:
-    """Hash of the sums over units: n, moved_in, s1:<field>, s2:<field>, x:<num>|<den>."""
+    """Hash of the sums over units: n, moved_in, s1:<field>, s2:<field>, x:<num>|<den>,
+    nz:<den>."""
     return f"{experiment_tag(name)}units:{arm}"
 
 
@@ -185,7 +186,8 @@ SCHEMA: tuple[KeyDoc, ...] = (
     KeyDoc(unit_sums("<exp>", "<arm>"), "hash", _KEPT, "event writer, feedback",
            "`n` (distinct units), `moved_in`, `s1:<field>` Σy, `s2:<field>` Σy², "
            "`x:<num>|<den>` Σy·n for every field with `requests`, and `ttft_ms|ttft_n`, "
-           "`fb:thumbs_up|votes`, `fb:thumbs_down|votes`"),
+           "`fb:thumbs_up|votes`, `fb:thumbs_down|votes`; `nz:<den>` units whose `requests`, "
+           "`votes` or `ttft_n` is non-zero"),
     KeyDoc(feedback_seen("<exp>", "<request_id>"), "set", "TTL = feedback window", "feedback",
            "signals already recorded for the request (duplicates are answered 200)"),
     KeyDoc(last_prompt("<exp>", "<unit>"), "hash", "TTL = regeneration window", "event writer",

@@ -37,8 +37,8 @@ MERGE_PATCH = "application/merge-patch+json"
 CAPTURE_FIELDS = ("rate", "max_items", "retention_days")
 POLICY_FIELDS = (
     "auto", "primary_metric", "higher_is_better", "promote_when", "non_inferiority_margin",
-    "guardrails", "min_units_per_arm", "min_step_seconds", "interval_seconds", "alpha",
-    "srm_threshold", "srm_min_units",
+    "guardrails", "min_units_per_arm", "min_evidence_units", "min_step_seconds",
+    "interval_seconds", "alpha", "srm_threshold", "srm_min_units",
 )  # fmt: skip
 
 Rules = Annotated[
@@ -164,6 +164,9 @@ def register(app: typer.Typer) -> None:
             list[str] | None, typer.Option(help="METRIC whose guardrail goes; repeatable")
         ] = None,
         min_units_per_arm: Annotated[int | None, typer.Option()] = None,
+        min_evidence_units: Annotated[
+            int | None, typer.Option(help="units per arm with data before a test acts")
+        ] = None,
         min_step_seconds: Annotated[float | None, typer.Option()] = None,
         interval_seconds: Annotated[float | None, typer.Option()] = None,
         alpha: Annotated[float | None, typer.Option()] = None,
@@ -180,7 +183,8 @@ def register(app: typer.Typer) -> None:
         given = {
             "auto": auto, "primary_metric": primary_metric, "higher_is_better": higher_is_better,
             "promote_when": promote_when, "non_inferiority_margin": non_inferiority_margin,
-            "min_units_per_arm": min_units_per_arm, "min_step_seconds": min_step_seconds,
+            "min_units_per_arm": min_units_per_arm, "min_evidence_units": min_evidence_units,
+            "min_step_seconds": min_step_seconds,
             "interval_seconds": interval_seconds, "alpha": alpha, "srm_threshold": srm_threshold,
             "srm_min_units": srm_min_units,
         }  # fmt: skip

@@ -9,8 +9,8 @@ anything and no decision is applied twice. Manual actions win: only `running` ex
 evaluated, so a paused experiment is not advanced and a rollback is final.
 
 Per experiment the controller keeps its ramp step (share, start time, unit counts at the start;
-its TTL renewed by every evaluation) and appends every evaluation to a decisions stream
-(router/keys.py).
+its TTL renewed by every evaluation; a share change or a resume starts a new one) and appends
+every evaluation to a decisions stream (router/keys.py).
 """
 
 from __future__ import annotations
@@ -237,15 +237,17 @@ class Controller:
         raw = await self.redis.get(key)
         if raw is not None:
             step = StepState.model_validate(orjson.loads(raw))
-            if step.share == exp.treatment_percent:
+            if step.share == exp.treatment_percent and step.resumed_at == exp.resumed_at:
                 await self.redis.expire(key, keep)
                 return step
+        # a share change or a resume starts a new step: its minimums, SRM and time start over
         step = StepState(
             share=exp.treatment_percent,
             started_at=now,
             control_units_at_start=c_units if raw is not None else 0,
             treatment_units_at_start=t_units if raw is not None else 0,
             moved_in_at_start=moved if raw is not None else 0,
+            resumed_at=exp.resumed_at,
         )
         await self.redis.set(key, step.model_dump_json(), ex=keep)
         return step

@@ -129,6 +129,9 @@ def transition(exp: Experiment, action: Action, reason: str = "") -> Experiment:
         update["treatment_percent"] = 100.0
     elif action == "rollback":
         update["treatment_percent"] = 0.0
+    elif action == "resume":
+        # the controller starts a new step: the data that paused it does not pause it again
+        update["resumed_at"] = time.time()
     return bump(exp, **update)
 
 

@@ -3,8 +3,8 @@
 `UNIT_UPDATE` and `RECORD_FEEDBACK` are shared functions, prepended to the scripts that use
 them, after the key names of router/keys.py (`keys.LUA_KEYS`). Per-unit totals live in one hash
 per arm (one field per unit); the sums over units in one hash per arm: ``n`` (distinct units),
-``s1:<field>`` (Σ y), ``s2:<field>`` (Σ y²) and ``x:<num>|<den>`` (Σ y·n) for every pair of a
-ratio metric. They change by the
+``s1:<field>`` (Σ y), ``s2:<field>`` (Σ y²), ``x:<num>|<den>`` (Σ y·n) for every pair of a
+ratio metric and ``nz:<den>`` (units whose total of a denominator is non-zero). They change by the
 difference of each unit's old and new totals, so reading them is O(1) whatever the traffic.
 Requests without a unit id count in the per-arm totals but not in the unit-level sums.
 
@@ -92,6 +92,9 @@ local function encode_totals(t)
 end
 
 local EXTRA_PAIRS = {{'ttft_ms', 'ttft_n'}, {'fb:thumbs_up', 'votes'}, {'fb:thumbs_down', 'votes'}}
+-- the denominators of the ratio metrics: `nz:<den>` counts the units whose total is non-zero
+-- (units that voted, for thumbs metrics), the evidence a test needs before it may act
+local DENOMINATORS = {'requests', 'votes', 'ttft_n'}
 
 -- The most units one arm's totals hash holds (the script sets it from its ARGV).
 local max_units = 1000000
@@ -146,6 +149,9 @@ local function unit_update(tag, arm, unit, deltas, create)
     if f ~= 'requests' then pair(f, 'requests') end
   end
   for _, p in ipairs(EXTRA_PAIRS) do pair(p[1], p[2]) end
+  for _, den in ipairs(DENOMINATORS) do
+    if (old[den] or 0) == 0 and (new[den] or 0) ~= 0 then add(skey, 'nz:' .. den, 1) end
+  end
   redis.call('HSET', ukey, unit, encode_totals(new))
 end
 """

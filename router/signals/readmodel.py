@@ -50,6 +50,7 @@ def _units(raw: dict[bytes | str, bytes | str]) -> UnitSums:
     s1: dict[str, float] = {}
     s2: dict[str, float] = {}
     cross: dict[str, float] = {}
+    nonzero: dict[str, int] = {}
     units = moved = 0
     for k, v in raw.items():
         key, value = _text(k), float(_text(v))
@@ -63,7 +64,9 @@ def _units(raw: dict[bytes | str, bytes | str]) -> UnitSums:
             s2[key[3:]] = value
         elif key.startswith("x:"):
             cross[key[2:]] = value
-    return UnitSums(units=units, moved_in=moved, s1=s1, s2=s2, cross=cross)
+        elif key.startswith("nz:"):
+            nonzero[key[3:]] = int(value)
+    return UnitSums(units=units, moved_in=moved, s1=s1, s2=s2, cross=cross, nonzero=nonzero)
 
 
 async def read_snapshot(

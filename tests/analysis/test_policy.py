@@ -45,7 +45,14 @@ def _arm(rng: np.random.Generator, units: int, *, up: float = 0.7, err: float = 
     )  # fmt: skip
     return ArmSnapshot(
         totals=totals,
-        units=UnitSums(units=units, moved_in=moved_in, s1=s1, s2=s2, cross=cross),
+        units=UnitSums(
+            units=units,
+            moved_in=moved_in,
+            s1=s1,
+            s2=s2,
+            cross=cross,
+            nonzero={"requests": units, "votes": units},
+        ),
     )
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from analysis.simulate import StudyModel, decisions, simulate
+from analysis.simulate import PolicyModel, StudyModel, decisions, simulate, simulate_policy
+from analysis.types import GuardrailSpec, Policy
 
 
 def test_sequential_test_controls_false_alarms_where_peeking_does_not() -> None:
@@ -27,3 +28,25 @@ def test_sequential_test_detects_the_planted_drop() -> None:
         for _ in range(40)
     )
     assert hits >= 20  # power is reported by the study; here: it clearly has some
+
+
+def test_the_whole_policy_rolls_back_a_harmful_winner_and_promotes_a_harmless_one() -> None:
+    """Scenario 5 of the study, a few replications: thumbs-up 70 % -> 75 % with the error rate
+    1 % -> 2.5 % (1-point margin) is never promoted; with 1 % in both arms it is."""
+    policy = Policy(guardrails=[GuardrailSpec(metric="error_rate", margin=0.01)])
+    rng = np.random.default_rng(16)
+    harmful = PolicyModel(m_treatment=0.75, error_treatment=0.025)
+    for _ in range(2):
+        run = simulate_policy(harmful, policy, rng)
+        assert run.action != "promote", run
+    run = simulate_policy(PolicyModel(m_treatment=0.75), policy, rng)
+    assert run.action == "promote", run
+    assert "significantly better" in run.reasons[0]
+
+
+def test_an_aa_with_60_second_looks_takes_no_action_in_its_first_hours() -> None:
+    policy = Policy(guardrails=[GuardrailSpec(metric="error_rate", margin=0.01)])
+    rng = np.random.default_rng(60)
+    for _ in range(3):
+        run = simulate_policy(PolicyModel(), policy, rng, look_every_hours=1 / 60, horizon_hours=6)
+        assert run.action == "hold", run

@@ -205,11 +205,17 @@ def test_unit_sums_match_recomputation(client: redis.Redis, ops: list[tuple]) ->
         for num, den in pairs:
             x = sum(t.get(num, 0.0) * t.get(den, 0.0) for t in per_unit.values())
             assert sums.get(f"x:{num}|{den}", 0.0) == pytest.approx(x, rel=1e-9, abs=1e-6)
+        # units with a non-zero denominator (the evidence the policy needs per arm)
+        dens = ("requests", "votes", "ttft_n")
+        for den in dens:
+            nz = sum(1 for t in per_unit.values() if t.get(den, 0.0) != 0)
+            assert int(sums.get(f"nz:{den}", 0)) == nz, (arm, den)
         unused = (
             set(itertools.chain(sums))
             - {f"s1:{f}" for f in fields}
             - {f"s2:{f}" for f in fields}
             - {f"x:{a}|{b}" for a, b in pairs}
+            - {f"nz:{den}" for den in dens}
         )
         assert not unused, unused
         # after the end the per-unit totals expire after the retention; before, never

@@ -1,0 +1,52 @@
+"""A resume starts a new ramp step: the data that paused an experiment (a sample ratio mismatch
+among the step's new units) does not pause it again the moment it is resumed."""
+
+from __future__ import annotations
+
+import pytest
+import redis.asyncio as aioredis
+
+from analysis.policy import decide
+from analysis.types import ArmSnapshot, ExperimentSnapshot, Policy, UnitSums
+from router.control.controller import Controller
+from router.control.lifecycle import transition
+from router.experiments import Experiment
+from tests.procs import experiment
+
+pytestmark = pytest.mark.asyncio
+
+
+def _snapshot(control: int, treatment: int) -> ExperimentSnapshot:
+    return ExperimentSnapshot(
+        experiment="resumed", route="r", treatment_percent=10, taken_at=0,
+        control=ArmSnapshot(units=UnitSums(units=control)),
+        treatment=ArmSnapshot(units=UnitSums(units=treatment)),
+    )  # fmt: skip
+
+
+async def test_resume_starts_a_new_step(redis_url: str) -> None:
+    client = aioredis.from_url(redis_url)
+    try:
+        ctl = Controller(client)
+        exp = Experiment.model_validate(experiment("resumed", "r", "http://127.0.0.1:1", 10))
+        first = await ctl._step(exp, 0, 0, 0, now=1000.0)
+        assert first.started_at == 1000.0 and first.control_units_at_start == 0
+        # a broken split: 600 of 6,600 new units in treatment where 10 % is configured
+        policy = Policy(srm_min_units=100)
+        broken = decide(policy, _snapshot(6000, 400), first, 1060.0, exp.ramp_steps)
+        assert broken.action == "pause", broken.reasons
+        same = await ctl._step(exp, 6000, 400, 0, now=1060.0)
+        assert same == first  # the step goes on while nothing changes
+
+        resumed = transition(transition(exp, "pause"), "resume")
+        assert resumed.resumed_at > 0
+        step = await ctl._step(resumed, 6000, 400, 0, now=1200.0)
+        assert step.started_at == 1200.0
+        assert (step.control_units_at_start, step.treatment_units_at_start) == (6000, 400)
+        again = decide(policy, _snapshot(6000, 400), step, 1260.0, exp.ramp_steps)
+        assert again.action != "pause", again.reasons
+        assert again.srm is not None and again.srm.status == "insufficient_data"
+        # and the step is kept from then on
+        assert await ctl._step(resumed, 6090, 410, 0, now=1300.0) == step
+    finally:
+        await client.aclose()
