@@ -328,9 +328,11 @@ def test_rollback_under_streaming_load(replicas: list[Proc], emu: Proc) -> None:
     errors: list[str] = []
     stop = threading.Event()
 
-    def streamer(r: Proc, user: str) -> None:
+    started = [threading.Event() for _ in treated]
+
+    def streamer(r: Proc, user: str, began: threading.Event) -> None:
         try:
-            streams.append(_stream_arm(r, user, max_tokens=25))
+            streams.append(_stream_arm(r, user, max_tokens=25, started=began))
         except Exception as exc:
             errors.append(repr(exc))
 
@@ -345,12 +347,13 @@ def test_rollback_under_streaming_load(replicas: list[Proc], emu: Proc) -> None:
             except Exception as exc:
                 errors.append(repr(exc))
 
-    threads = [threading.Thread(target=streamer, args=(replicas[i % 3], u))
+    threads = [threading.Thread(target=streamer, args=(replicas[i % 3], u, started[i]))
                for i, u in enumerate(treated)]  # fmt: skip
     threads += [threading.Thread(target=poller, args=(i, r)) for i, r in enumerate(replicas)]
     for t in threads:
         t.start()
-    time.sleep(0.4)  # streams are under way (25 tokens at 25 tokens/s)
+    for began in started:  # every stream is under way (25 tokens at 25 tokens/s)
+        assert began.wait(30) or errors, "a stream did not start"
     resp = admin(b, "POST", "/experiments/live/rollback", json={"reason": "load test"})
     returned = time.monotonic()
     assert resp.status_code == 200
@@ -371,11 +374,17 @@ def test_rollback_under_streaming_load(replicas: list[Proc], emu: Proc) -> None:
     assert all(a == "control" for t, _, a in records if t > returned + 0.1)
 
 
-def _stream_arm(r: Proc, user: str, max_tokens: int) -> tuple[str, bool]:
+def _stream_arm(
+    r: Proc, user: str, max_tokens: int, started: threading.Event | None = None
+) -> tuple[str, bool]:
+    """The arm a stream was served by, and whether it ended with [DONE] and no error event;
+    `started` is set once its response head arrived."""
     body = {"model": "live-route", "messages": MSG, "stream": True, "max_tokens": max_tokens}
     with httpx.stream("POST", r.url + "/v1/chat/completions", json=body,
                       headers={"X-User-Id": user}, timeout=30) as resp:  # fmt: skip
         assert resp.status_code == 200
+        if started is not None:
+            started.set()
         lines = [line for line in resp.iter_lines() if line]
         return resp.headers["x-abgate-arm"], lines[-1] == "data: [DONE]" and not any(
             '"error"' in line for line in lines
