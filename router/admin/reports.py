@@ -19,6 +19,7 @@ from router.admin.deps import (
     GatewayDep,
     require_experiment,
 )
+from router.control.controller import read_step
 from router.control.store import read_audit
 from router.secrets import mask_experiment
 from router.signals.readmodel import read_snapshot
@@ -40,12 +41,15 @@ async def snapshot(
 @router.get("/experiments/{name}/report", response_model=Report)
 async def report(name: ExperimentName, gateway: GatewayDep) -> Report:
     """Per metric the arms, the difference, always-valid and fixed-horizon intervals and
-    the verdict; the SRM check; the controller's decisions; the audit trail."""
+    the verdict (tested from the policy's `min_evidence_units`, as the controller does); the
+    controller's SRM check on the current ramp step; every share change and adapter swap; the
+    controller's decisions; the audit trail."""
     doc = await gateway.store.load()
     exp = require_experiment(name, doc.experiments.get(name))
     snap = await read_snapshot(gateway.redis, exp)
     raw = await gateway.redis.xrange(keys.decisions(name))
     audit_rows = await read_audit(gateway.redis, name, 1000)
     decisions = [Decision.model_validate_json(f[b"json"]) for _, f in raw or [] if f]
+    step = await read_step(gateway.redis, name)  # the controller's: same SRM, same units
     shown = mask_experiment(exp).model_dump(mode="json")
-    return build_report(shown, snap, decisions, list(reversed(audit_rows)), time.time())
+    return build_report(shown, snap, decisions, list(reversed(audit_rows)), time.time(), step)

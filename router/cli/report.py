@@ -1,4 +1,5 @@
-"""`abgate report NAME`: the experiment's report (metrics, intervals, verdicts, SRM, decisions).
+"""`abgate report NAME`: the experiment's report (metrics, intervals, verdicts, the SRM check on
+the controller's current ramp step, share changes and adapter swaps, decisions).
 
 The console view reads the admin API's JSON as it is; the statistics stack (scipy, through
 `analysis.report`) is imported only to render `--html`.
@@ -107,10 +108,38 @@ def show(rep: dict[str, Any]) -> None:
         line = f"SRM: {'MISMATCH' if srm['mismatch'] else 'ok'} (p = {_num(srm.get('p_value'))})"
     else:
         line = f"SRM: insufficient data ({srm.get('reason', '')})"
+    step = rep.get("step")
+    if step:  # the SRM check's units: those of the controller's current ramp step
+        line += f" on the units of the {step['share']:g}% step since {_when(step['started_at'])}"
     console.print(line, markup=False)
+    if rep.get("step_note"):
+        console.print(f"  {rep['step_note']}", markup=False)
+    outlook = rep.get("outlook")
+    if outlook:
+        why = "; ".join(outlook["reasons"])
+        console.print(f"controller policy now: {outlook['action']} ({why})", markup=False)
+    shares = rep.get("shares") or []
+    if shares:
+        console.print("share changes:", markup=False)
+    for c in shares:
+        who = f" by {c['actor']}" if c.get("actor") else ""
+        console.print(f"  {_when(c['t'])} {c['share']:g}% {c['action']}{who}", markup=False)
+    for m in rep.get("markers") or []:
+        console.print(
+            f"  {_when(m['t'])} {m['label']}: the treatment's numbers mix both adapters",
+            markup=False,
+        )
+    if rep["decisions"]:
+        console.print("decisions:", markup=False)
     for d in rep["decisions"]:
         why = "; ".join(d["reasons"])
         console.print(f"  {d['action']} at {d['share']:g}%: {why}", markup=False)
+
+
+def _when(ts: float) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _num(value: float | None) -> str:

@@ -28,13 +28,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from redis.exceptions import RedisError
 
 from analysis.policy import decide
+from analysis.steps import next_step, share_changed
 from analysis.types import Decision, StepState
 from router import keys
 from router.control.changes import apply_change
 from router.control.lifecycle import transition
 from router.control.redislock import RedisLock
 from router.control.retention import Retention
-from router.control.store import ConfigStore, GuardLost
+from router.control.store import ConfigStore, GuardLost, read_audit
 from router.errors import GatewayError
 from router.experiments import Experiment
 from router.signals.readmodel import read_snapshot
@@ -234,20 +235,25 @@ class Controller:
     ) -> StepState:
         key = step_key(exp.name)
         keep = self.retention.ended_seconds  # renewed while evaluated; gone after the end
-        raw = await self.redis.get(key)
-        if raw is not None:
-            step = StepState.model_validate(orjson.loads(raw))
-            if step.share == exp.treatment_percent and step.resumed_at == exp.resumed_at:
-                await self.redis.expire(key, keep)
-                return step
+        stored = await read_step(self.redis, exp.name)
+        # first look at an experiment whose share was changed by hand (or resumed) before:
+        # the units so far arrived under other shares, so they are not this step's
+        changed = stored is None and share_changed(await read_audit(self.redis, exp.name))
         # a share change or a resume starts a new step: its minimums, SRM and time start over
-        step = StepState(
-            share=exp.treatment_percent,
-            started_at=now,
-            control_units_at_start=c_units if raw is not None else 0,
-            treatment_units_at_start=t_units if raw is not None else 0,
-            moved_in_at_start=moved if raw is not None else 0,
-            resumed_at=exp.resumed_at,
-        )
-        await self.redis.set(key, step.model_dump_json(), ex=keep)
+        # (analysis/steps.py; the report applies the same rule to what is stored here)
+        step = next_step(
+            stored, share=exp.treatment_percent, resumed_at=exp.resumed_at,
+            control_units=c_units, treatment_units=t_units, moved_in=moved, now=now,
+            changed=changed,
+        )  # fmt: skip
+        if step is stored:
+            await self.redis.expire(key, keep)
+        else:
+            await self.redis.set(key, step.model_dump_json(), ex=keep)
         return step
+
+
+async def read_step(redis: aioredis.Redis, name: str) -> StepState | None:
+    """The controller's stored ramp step of experiment `name`, if any."""
+    raw = await redis.get(step_key(name))
+    return None if raw is None else StepState.model_validate(orjson.loads(raw))

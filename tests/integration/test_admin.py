@@ -179,6 +179,63 @@ def test_set_share_is_its_own_audited_action(replicas: list[Proc], emu: Proc) ->
     assert final.status_code == 409 and "rolled_back" in final.json()["error"]["message"]
 
 
+def test_report_after_a_manual_ramp_agrees_with_the_controller(
+    replicas: list[Proc], emu: Proc
+) -> None:
+    """Issue 16, point 8: set-share 20 -> 25 -> 30, advance to 50, correct traffic in every
+    step. The report's SRM is the controller's (units of the current step), not all units so
+    far against 50 %; its share chart and `abgate report` list every change."""
+    import sys
+
+    from tests.procs import ROOT, base_env
+
+    a, b, _ = replicas
+    body = new_exp(emu, "manual-ramp", "manual-ramp-route", 20, policy={"auto": False})
+    assert admin(a, "POST", "/experiments", json=body).is_success
+    users = 0
+    for i, step in enumerate((None, 25, 30, "advance")):
+        if step == "advance":
+            assert admin(b, "POST", "/experiments/manual-ramp/advance").is_success
+        elif step is not None:
+            share = admin(b, "POST", "/experiments/manual-ramp/share",
+                          json={"treatment_percent": step})  # fmt: skip
+            assert share.is_success, share.text
+        gw = replicas[i % 3]
+        want = {None: 20, 25: 25, 30: 30, "advance": 50}[step]
+        wait_until(
+            lambda gw=gw, want=want: admin(gw, "GET", "/experiments/manual-ramp").json()[
+                "treatment_percent"] == want
+        )  # fmt: skip
+        for _ in range(60):  # new users only: each assigned under this step's share
+            arm(gw, "manual-ramp-route", f"ramp-user-{users}")
+            users += 1
+
+    def report() -> dict[str, Any]:
+        return admin(a, "GET", "/experiments/manual-ramp/report").json()  # type: ignore[no-any-return]
+
+    wait_until(lambda: sum(report()["units"].values()) == users, timeout=10)
+    rep = report()
+    # about 31 % of all units in treatment: all units against the current 50 % (the old
+    # report's test) gives p < 1e-6; the units of the current step are split as configured
+    assert rep["units"]["treatment"] < 0.4 * users, rep["units"]
+    assert not rep["srm"]["mismatch"], rep["srm"]
+    assert [(c["share"], c["action"]) for c in rep["shares"]] == [
+        (20, "create"), (25, "set-share"), (30, "set-share"), (50, "advance"),
+    ]  # fmt: skip
+    guards = {m["metric"]: m for m in rep["metrics"] if m["role"] == "guardrail"}
+    for name in ("error_rate", "latency_p95_ms"):
+        assert guards[name]["control"] is not None and guards[name]["treatment"] is not None
+    out = subprocess.run(
+        [sys.executable, "-m", "router", "report", "manual-ramp", "--url", a.url,
+         "--token", TOKEN],
+        env=base_env(COLUMNS="200"),
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "MISMATCH" not in out.stdout and "SRM:" in out.stdout, out.stdout
+    assert "50% advance" in out.stdout and out.stdout.count("set-share") == 2, out.stdout
+
+
 def test_validation_errors_name_the_field(replicas: list[Proc], emu: Proc) -> None:
     gw = replicas[0]
     cases = [

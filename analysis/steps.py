@@ -1,0 +1,62 @@
+"""The ramp step: which units the step-level checks (SRM, the per-step minimums) look at.
+
+One rule for the controller (router/control/controller.py, which keeps the step in Redis) and
+the report (analysis/report.py, which reads it): the stored step holds while the share and the
+experiment's `resumed_at` are those it started with; a share change or a resume starts a new
+step at the unit counts of that moment, so its SRM tests only the units that arrive afterwards
+against the share they were assigned under.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from analysis.types import StepState
+
+
+def is_current(stored: StepState, share: float, resumed_at: float) -> bool:
+    """Whether `stored` is still the experiment's step."""
+    return stored.share == share and stored.resumed_at == resumed_at
+
+
+def next_step(
+    stored: StepState | None,
+    *,
+    share: float,
+    resumed_at: float,
+    control_units: int,
+    treatment_units: int,
+    moved_in: int,
+    now: float,
+    changed: bool = False,
+) -> StepState:
+    """The step the controller evaluates at `now`: `stored` when it is current, otherwise a new
+    one starting now at the current unit counts. Without a stored step (the experiment's first
+    evaluation) it starts from zero, every unit so far, unless the share has `changed` since the
+    experiment began or it was resumed: then which units arrived under the current share is
+    unknown, and the step starts at the current counts as after a change."""
+    if stored is not None and is_current(stored, share, resumed_at):
+        return stored
+    fresh = stored is not None or changed or resumed_at != 0.0
+    return StepState(
+        share=share,
+        started_at=now,
+        control_units_at_start=control_units if fresh else 0,
+        treatment_units_at_start=treatment_units if fresh else 0,
+        moved_in_at_start=moved_in if fresh else 0,
+        resumed_at=resumed_at,
+    )
+
+
+def share_changed(audit: list[dict[str, Any]]) -> bool:
+    """Whether the audit entries of one experiment record a change of its treatment share (a
+    set-share, PATCH, advance, decision, rollback or promote; not its creation)."""
+    for a in audit:
+        before, after = a.get("before"), a.get("after")
+        if (
+            isinstance(before, dict)
+            and isinstance(after, dict)
+            and before.get("treatment_percent") != after.get("treatment_percent")
+        ):
+            return True
+    return False
