@@ -2,8 +2,10 @@
 
 Rules, in order (the first that applies wins):
 
-1. **pause** when the split itself is broken: SRM on the units that arrived during the current
-   step (docs/statistics.md) has p below the threshold. Every other number is suspect then.
+1. **pause** when the split itself is broken: the always-valid SRM test on the units that
+   arrived during the current step (less those that moved between arms because the share went
+   up or down) rejects at the step's part of `srm_threshold` (docs/statistics.md). Every other
+   number is suspect then.
 2. **rollback** when a guardrail is breached (non-inferiority test says `inferior`).
 3. **rollback** when the primary metric is significantly worse (always-valid test).
 4. **hold** until the step's minimums are met: new units per arm in the step, time in the step.
@@ -44,16 +46,15 @@ def decide(
 ) -> Decision:
     share = snapshot.treatment_percent
     c_units, t_units = snapshot.control.units.units, snapshot.treatment.units.units
-    moved = snapshot.treatment.units.moved_in - step.moved_in_at_start
-    new_c = c_units - step.control_units_at_start
-    new_t = t_units - step.treatment_units_at_start - moved
+    new_c, new_t, moved_t, moved_c = new_units(snapshot, step)
     step_seconds = max(0.0, now - step.started_at)
     units = {
         "control": c_units,
         "treatment": t_units,
         "control_in_step": new_c,
         "treatment_in_step": new_t,
-        "moved_in_step": moved,
+        "moved_in_step": moved_t,
+        "moved_to_control_in_step": moved_c,
     }
 
     def decision(action: str, *reasons: str, **extra: object) -> Decision:
@@ -69,23 +70,13 @@ def decide(
             }
         )
 
-    srm: SRMResult
-    if new_c + new_t >= policy.srm_min_units:
-        srm = srm_test(new_c, new_t, share / 100, policy.srm_threshold)
-    else:
-        srm = SRMResult(
-            status="insufficient_data",
-            reason="too few new units in this step",
-            control_units=new_c,
-            treatment_units=new_t,
-            expected_share=share / 100,
-            threshold=policy.srm_threshold,
-        )
+    srm = srm_check(policy, new_c, new_t, share, step.index)
     if srm.mismatch:
         return decision(
             "pause",
             f"sample ratio mismatch: {new_t} of {new_c + new_t} new units in treatment "
-            f"({srm.observed_share:.2%}) where {share:g} % is configured, p = {srm.p_value:.2g}",
+            f"({srm.observed_share:.2%}) where {share:g} % is configured, "
+            f"always-valid p = {srm.p_value:.2g} (step {srm.step})",
             srm=srm,
         )
 
@@ -172,6 +163,37 @@ def decide(
         f"step minimums met and nothing worse; {share:g} % -> {nxt:g} % "
         f"({policy.primary_metric}: {_describe(primary)})",
         **common,
+    )
+
+
+def new_units(snapshot: ExperimentSnapshot, step: StepState) -> tuple[int, int, int, int]:
+    """The units that arrived during the step, per arm, and those that moved: (new control,
+    new treatment, moved into treatment, moved into control). A unit new to one arm but known
+    to the other moved because the share changed (router/signals/lua.py counts it in the arm's
+    `moved_in`): into treatment when the share went up, into control when it went down. It is
+    not a new arrival, so SRM excludes it from both."""
+    c, t = snapshot.control.units, snapshot.treatment.units
+    moved_t = t.moved_in - step.moved_in_at_start
+    moved_c = c.moved_in - step.control_moved_in_at_start
+    new_c = c.units - step.control_units_at_start - moved_c
+    new_t = t.units - step.treatment_units_at_start - moved_t
+    return new_c, new_t, moved_t, moved_c
+
+
+def srm_check(policy: Policy, new_c: int, new_t: int, share: float, step: int) -> SRMResult:
+    """The always-valid SRM test of the step's new units (analysis/stats/srm.py): step `step`
+    of the experiment spends `srm_threshold / (step (step + 1))`, so the chance of ever pausing
+    a correct split, at any number of looks over all its steps, is below `srm_threshold`."""
+    if new_c + new_t >= policy.srm_min_units:
+        return srm_test(new_c, new_t, share / 100, policy.srm_threshold, step=step)
+    return SRMResult(
+        status="insufficient_data",
+        reason="too few new units in this step",
+        control_units=new_c,
+        treatment_units=new_t,
+        expected_share=share / 100,
+        threshold=policy.srm_threshold,
+        step=step,
     )
 
 

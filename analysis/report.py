@@ -250,7 +250,7 @@ def _report_step(
     c, t = snapshot.control.units, snapshot.treatment.units
     step = next_step(
         stored, share=share, resumed_at=resumed_at, control_units=c.units,
-        treatment_units=t.units, moved_in=t.moved_in, now=now,
+        treatment_units=t.units, moved_in=t.moved_in, control_moved_in=c.moved_in, now=now,
         changed=stored is None and share_changed(audit),
     )  # fmt: skip
     if step is stored:

@@ -19,9 +19,11 @@ from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
+from scipy import stats
 
-from analysis.policy import decide
+from analysis.policy import decide, srm_check
 from analysis.stats.delta import ratio_from_sums_np
+from analysis.stats.srm import log_bayes_factor, step_weight
 from analysis.types import ArmSnapshot, ExperimentSnapshot, Policy, StepState, UnitSums
 
 Outcome = Literal["thumbs_up", "error"]
@@ -302,8 +304,89 @@ def simulate_policy(
             step = StepState(
                 share=share, started_at=now, control_units_at_start=c.units,
                 treatment_units_at_start=tr.units, moved_in_at_start=tr.moved_in,
+                control_moved_in_at_start=c.moved_in, index=step.index + 1,
             )  # fmt: skip
         elif d.action != "hold":
             return PolicyRun(d.action, float(hour), share, int(tr.total("requests")),
                              tuple(d.reasons))  # fmt: skip
     return PolicyRun("hold", last, share, int(acc["requests"][1].sum()), ())
+
+
+# -- SRM through a ramp, checked every minute (analysis/policy.py `srm_check`) ---------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SRMRun:
+    paused: bool  # the always-valid test (the policy's) paused the experiment
+    hours: float  # when (the horizon when not paused)
+    share: float  # the share at the pause (or at the horizon)
+    new_units: int  # new units in the step when it paused (or in the last step at the horizon)
+    chi2_paused: bool  # the old rule (chi-square p < threshold, restarted each step) would have
+    chi2_hours: float
+
+
+def simulate_srm_ramp(
+    policy: Policy,
+    rng: np.random.Generator,
+    *,
+    users_per_day: float = 2000.0,
+    days: float = 14.0,
+    ramp_steps: tuple[float, ...] = (5.0, 10.0, 25.0, 50.0),
+    delivered: float = 1.0,
+    look_every_minutes: float = 1.0,
+) -> SRMRun:
+    """A ramp through `ramp_steps` with the SRM check at every look, as the controller runs it.
+
+    New users arrive as a Poisson process (`users_per_day`); each lands in treatment with
+    probability `delivered` × the configured share (1.0: a correct split). A step lasts until
+    the policy's minimums are met (`min_units_per_arm` new units per arm and
+    `min_step_seconds`); the controller then advances and the next step starts at the next look
+    (the units of the look in between belong to neither step, as in router/control/controller.py).
+    The last step runs to the horizon. Only new units enter the counts: units that move between
+    arms are subtracted exactly by `analysis.policy.new_units` (tested against the gateway's
+    counting in tests/analysis/test_policy.py). At every look the policy's test (the same
+    `log_bayes_factor` and step weight as `srm_check`, on arrays) decides a pause; for
+    comparison, the old rule (a chi-square p < `srm_threshold`, each step afresh) is run on the
+    same counts."""
+    looks_total = int(days * 24 * 60 / look_every_minutes)
+    rate = users_per_day / (24 * 60) * look_every_minutes
+    look_s = look_every_minutes * 60
+    start = 0  # index of the step's first look (its counts start after the previous look)
+    chi2_at: float | None = None
+    for index, share in enumerate(ramp_steps, start=1):
+        n = looks_total - start
+        if n <= 0:
+            break
+        arrivals = rng.poisson(rate, n)
+        treat = rng.binomial(arrivals, min(1.0, delivered * share / 100))
+        t = np.cumsum(treat)
+        c = np.cumsum(arrivals - treat)
+        gate = (c + t) >= policy.srm_min_units
+        log_bf = log_bayes_factor(c, t, share / 100)
+        limit = np.log(1 / (policy.srm_threshold * step_weight(index)))
+        pause = gate & (log_bf >= limit)
+        if chi2_at is None:
+            total = np.maximum(c + t, 1)
+            exp_t, exp_c = total * share / 100, total * (1 - share / 100)
+            chi2 = (t - exp_t) ** 2 / exp_t + (c - exp_c) ** 2 / exp_c
+            hit = np.flatnonzero(gate & (stats.chi2.sf(chi2, 1) < policy.srm_threshold))
+            if len(hit):
+                chi2_at = (start + hit[0] + 1) * look_s / 3600
+        seconds = (np.arange(n) + 1) * look_s
+        done = (np.minimum(c, t) >= policy.min_units_per_arm) & (seconds >= policy.min_step_seconds)
+        last = index == len(ramp_steps)
+        p_at = int(np.argmax(pause)) if pause.any() else n
+        a_at = n if last or not done.any() else int(np.argmax(done))
+        if p_at < n and p_at <= a_at:
+            # the scalar policy function agrees with the array form at the pause
+            check = srm_check(policy, int(c[p_at]), int(t[p_at]), share, index)
+            assert check.mismatch, check
+            return SRMRun(True, (start + p_at + 1) * look_s / 3600, share,
+                          int(c[p_at] + t[p_at]), chi2_at is not None,
+                          chi2_at if chi2_at is not None else days * 24)  # fmt: skip
+        if last:
+            return SRMRun(False, days * 24, share, int(c[-1] + t[-1]), chi2_at is not None,
+                          chi2_at if chi2_at is not None else days * 24)  # fmt: skip
+        start += a_at + 2  # the advance at look a_at; the next step starts at the next look
+    return SRMRun(False, days * 24, ramp_steps[-1], 0, chi2_at is not None,
+                  chi2_at if chi2_at is not None else days * 24)  # fmt: skip

@@ -28,13 +28,16 @@ def next_step(
     treatment_units: int,
     moved_in: int,
     now: float,
+    control_moved_in: int = 0,
     changed: bool = False,
 ) -> StepState:
     """The step the controller evaluates at `now`: `stored` when it is current, otherwise a new
     one starting now at the current unit counts. Without a stored step (the experiment's first
     evaluation) it starts from zero, every unit so far, unless the share has `changed` since the
     experiment began or it was resumed: then which units arrived under the current share is
-    unknown, and the step starts at the current counts as after a change."""
+    unknown, and the step starts at the current counts as after a change. Steps are numbered
+    from 1, one more for each new step (the SRM check spends its threshold over them); without
+    a stored step the count starts again at 1."""
     if stored is not None and is_current(stored, share, resumed_at):
         return stored
     fresh = stored is not None or changed or resumed_at != 0.0
@@ -44,6 +47,8 @@ def next_step(
         control_units_at_start=control_units if fresh else 0,
         treatment_units_at_start=treatment_units if fresh else 0,
         moved_in_at_start=moved_in if fresh else 0,
+        control_moved_in_at_start=control_moved_in if fresh else 0,
+        index=stored.index + 1 if stored is not None else 1,
         resumed_at=resumed_at,
     )
 

@@ -205,7 +205,11 @@ class SRMResult(BaseModel):
     treatment_units: int = 0
     expected_share: float = 0.0
     observed_share: float | None = None
-    chi2: float | None = None
+    chi2: float | None = None  # the fixed-sample chi-square of old decisions (before issue 16)
+    log_bayes_factor: float | None = Field(
+        default=None, description="log of the always-valid test's Bayes factor (e-value)"
+    )
+    step: int = Field(default=1, description="The ramp step's number, which sets its alpha share")
     p_value: float | None = None
     mismatch: bool = False
     threshold: float = 0.001
@@ -295,6 +299,12 @@ class StepState(BaseModel):
     control_units_at_start: int = 0
     treatment_units_at_start: int = 0
     moved_in_at_start: int = 0
+    control_moved_in_at_start: int = Field(
+        default=0, description="Units that had moved into control when the step started"
+    )
+    index: int = Field(
+        default=1, ge=1, description="The step's number (1-based); SRM spends alpha over steps"
+    )
     resumed_at: float = Field(
         default=0.0, description="The experiment's `resumed_at` when the step started"
     )

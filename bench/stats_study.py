@@ -20,8 +20,13 @@ sums the gateway keeps, ramping 5 -> 10 -> 25 -> 50 % as the controller does; `-
    an A/A through the whole ramp with hourly looks over 14 days: how often the policy acts.
 7. The issue-16 example (60 control users, 2 treatment users with 5 thumbs-down) through
    `decide`.
+8. SRM through correct ramps 5 -> 10 -> 25 -> 50 % (each step as long as the policy's minimums
+   need), checked every 60 s for 14 days by the policy's always-valid test (`--srm-reps`): how
+   often a correct split is paused (target <= 1 %), against the old chi-square rule; and the
+   same ramps with treatment getting 90 % of its share: how often and how fast it is paused.
 
-Run: ``python -m bench.stats_study [--reps 2000] [--policy-reps 200] [--workers 2]``
+Run: ``python -m bench.stats_study [--reps 2000] [--policy-reps 200] [--srm-reps 1000]
+[--workers 2]``
 (``make stats-study``).
 """
 
@@ -34,10 +39,17 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from analysis.policy import decide
-from analysis.simulate import PolicyModel, StudyModel, decisions, simulate, simulate_policy
+from analysis.simulate import (
+    PolicyModel,
+    StudyModel,
+    decisions,
+    simulate,
+    simulate_policy,
+    simulate_srm_ramp,
+)
+from analysis.stats.srm import log_bayes_factor, step_weight
 from analysis.types import (
     ArmSnapshot,
     ExperimentSnapshot,
@@ -56,15 +68,16 @@ SRM_THRESHOLD = 0.001
 # 20 units with data per arm before any test acts) with the error-rate guardrail alone
 POLICY = Policy(guardrails=[GuardrailSpec(metric="error_rate", margin=ERROR_MARGIN)])
 POLICY_SCENARIOS = ("harmful", "winner", "aa_fast", "aa_policy")
+# SRM through correct ramps 5 -> 10 -> 25 -> 50 %, checked every 60 s for 14 days (`--srm-reps`),
+# and the same ramps with a broken split (treatment gets 90 % of its share: 45/55 at 50 %)
+SRM_SCENARIOS = ("srm_ramp", "srm_ramp_broken")
 
 
 def _srm_p(k: np.ndarray, share: float) -> np.ndarray:
-    total = k.sum(axis=1)
-    exp_t, exp_c = total * share, total * (1 - share)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        chi2 = (k[:, 1] - exp_t) ** 2 / exp_t + (k[:, 0] - exp_c) ** 2 / exp_c
-    p = stats.chi2.sf(chi2, 1)
-    return np.where((exp_t >= 5) & (exp_c >= 5), p, 1.0)
+    """The policy's always-valid SRM p-value (analysis/stats/srm.py) at each look, one step."""
+    log_p = -(np.log(step_weight(1)) + log_bayes_factor(k[:, 0], k[:, 1], share))
+    p = np.exp(np.minimum(log_p, 0.0))
+    return np.where(k.sum(axis=1) >= POLICY.srm_min_units, p, 1.0)
 
 
 def _scenario(args: tuple[str, int, int]) -> dict[str, list[float]]:
@@ -115,6 +128,14 @@ def _scenario(args: tuple[str, int, int]) -> dict[str, list[float]]:
                 put(action, float(run_.action == action))
             put("hours", run_.hours if run_.action != "hold" else np.nan)
             put("treatment_requests", float(run_.treatment_requests))
+        elif name in SRM_SCENARIOS:
+            delivered = 1.0 if name == "srm_ramp" else 0.9
+            srun = simulate_srm_ramp(POLICY, rng, delivered=delivered)
+            put("pause", float(srun.paused))
+            put("hours", srun.hours if srun.paused else np.nan)
+            put("share", srun.share if srun.paused else np.nan)
+            put("units", float(srun.new_units) if srun.paused else np.nan)
+            put("chi2_pause", float(srun.chi2_paused))
         elif name == "srm":
             sums = simulate(StudyModel(actual_share=0.08), rng, horizon_hours=24 * 7)
             p = _srm_p(sums.k, 0.10)
@@ -130,13 +151,16 @@ def run(
     workers: int,
     seed: int = 20261128,
     policy_reps: int = 200,
-    names: tuple[str, ...] = ("aa", "drop", "errors", "srm", *POLICY_SCENARIOS),
+    names: tuple[str, ...] = ("aa", "drop", "errors", "srm", *POLICY_SCENARIOS, *SRM_SCENARIOS),
+    srm_reps: int = 1000,
 ) -> dict[str, dict[str, Any]]:
     jobs: list[tuple[str, int, int]] = []
-    for i, name in enumerate(("aa", "drop", "errors", "srm", *POLICY_SCENARIOS)):
+    for i, name in enumerate(("aa", "drop", "errors", "srm", *POLICY_SCENARIOS, *SRM_SCENARIOS)):
         if name not in names:
             continue
         total = policy_reps if name in POLICY_SCENARIOS else reps
+        if name in SRM_SCENARIOS:
+            total = srm_reps if name == "srm_ramp" else max(1, srm_reps // 5)
         chunk = max(1, total // (workers * 4))
         done = 0
         while done < total:
@@ -207,7 +231,7 @@ def _se(x: np.ndarray) -> str:
     return f"± {100 * 1.96 * np.sqrt(p * (1 - p) / len(x)):.1f}"
 
 
-SCENARIOS = ("aa", "drop", "errors", "srm", *POLICY_SCENARIOS, "two_users")
+SCENARIOS = ("aa", "drop", "errors", "srm", *POLICY_SCENARIOS, *SRM_SCENARIOS, "two_users")
 Row = tuple[str, str, str]
 
 
@@ -225,8 +249,8 @@ def _rows(name: str, x: dict[str, Any]) -> list[Row]:
              _pct(x["final_request_z"]), _se(x["final_request_z"])),
             ("   mSPRT with request-level variance (ignores clustering)",
              _pct(x["request_sequential"]), _se(x["request_sequential"])),
-            ("   SRM false alarm at any hourly look (correct split)", _pct(x["srm_any_look"]),
-             _se(x["srm_any_look"])),
+            ("   SRM (always-valid) false alarm at any hourly look (correct split)",
+             _pct(x["srm_any_look"]), _ci(x["srm_any_look"])),
         ]  # fmt: skip
     if name == "drop":
         return [
@@ -245,7 +269,11 @@ def _rows(name: str, x: dict[str, Any]) -> list[Row]:
         ]  # fmt: skip
     if name == "srm":
         return [
-            ("4. Broken split: 8 % delivered, 10 % configured (SRM p < 0.001)", "", ""),
+            (
+                "4. Broken split: 8 % delivered, 10 % configured (always-valid SRM, p < 0.001)",
+                "",
+                "",
+            ),
             ("   flagged within a day", _pct(x["day1"]), _se(x["day1"])),
             ("   flagged within a week", _pct(x["week1"]), _se(x["week1"])),
             ("   median time to flag (hours)", f"{np.nanmedian(x['hours']):.0f}", ""),
@@ -282,6 +310,23 @@ def _rows(name: str, x: dict[str, Any]) -> list[Row]:
             ("   ... rolled back", _pct(x["rollback"]), _ci(x["rollback"])),
             ("   ... paused (SRM)", _pct(x["pause"]), _ci(x["pause"])),
         ]  # fmt: skip
+    if name == "srm_ramp":
+        return [
+            ("8. Correct ramps 5 -> 10 -> 25 -> 50 %, SRM every 60 s, 14 days: paused",
+             _pct(x["pause"]), _ci(x["pause"])),
+            ("   ... the old rule (chi-square p < 0.001, each step afresh) would pause",
+             _pct(x["chi2_pause"]), _ci(x["chi2_pause"])),
+        ]  # fmt: skip
+    if name == "srm_ramp_broken":
+        return [
+            ("   the same ramps, treatment gets 90 % of its share (45/55 at 50 %): paused",
+             _pct(x["pause"]), _ci(x["pause"])),
+            ("   ... median hours to the pause", f"{np.nanmedian(x['hours']):.0f}", ""),
+            ("   ... median new units in the step at the pause",
+             f"{np.nanmedian(x['units']):.0f}", ""),
+            ("   ... paused at 50 % (share of the pauses)",
+             _pct(x["share"][np.isfinite(x["share"])] == 50.0), ""),
+        ]  # fmt: skip
     action, reason = x["action"], x["reason"]
     return [
         ("7. 60 control users, 2 treatment users with 5 thumbs-down (issue 16)", "", ""),
@@ -297,6 +342,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=2000)
     parser.add_argument("--policy-reps", type=int, default=200,
                         help="replications of the whole-policy scenarios (slower)")  # fmt: skip
+    parser.add_argument(
+        "--srm-reps",
+        type=int,
+        default=1000,
+        help="replications of the SRM ramp scenario (its broken variant: a fifth)",
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--scenarios", default=",".join(SCENARIOS),
                         help=f"comma-separated subset of {', '.join(SCENARIOS)}")  # fmt: skip
@@ -307,14 +358,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
     t0 = time.monotonic()
     r: dict[str, dict[str, Any]] = run(
-        args.reps, args.workers, policy_reps=args.policy_reps,
+        args.reps, args.workers, policy_reps=args.policy_reps, srm_reps=args.srm_reps,
         names=tuple(s for s in chosen if s != "two_users"),
     )  # fmt: skip
     if "two_users" in chosen:
         r["two_users"] = two_users()
     rows = [row for name in SCENARIOS if name in r for row in _rows(name, r[name])]
     print(f"\nsimulation study, {args.reps} replications per scenario, {args.policy_reps} per "
-          f"whole-policy scenario ({time.monotonic() - t0:.0f} s, {args.workers} workers); "
+          f"whole-policy scenario, {args.srm_reps} of the SRM ramp "
+          f"({time.monotonic() - t0:.0f} s, {args.workers} workers); "
           "95 % Monte Carlo intervals: ± (normal) or [Wilson]\n")  # fmt: skip
     width = max(len(row[0]) for row in rows)
     for label, value, ci in rows:

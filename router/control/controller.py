@@ -193,9 +193,8 @@ class Controller:
     async def evaluate(self, exp: Experiment, now: float) -> Decision | None:
         self.metrics.evaluations.inc()
         snapshot = await read_snapshot(self.redis, exp, now=now)
-        step = await self._step(exp, snapshot.control.units.units,
-                                snapshot.treatment.units.units, snapshot.treatment.units.moved_in,
-                                now)  # fmt: skip
+        c, t = snapshot.control.units, snapshot.treatment.units
+        step = await self._step(exp, c.units, t.units, t.moved_in, now, control_moved=c.moved_in)
         decision = decide(exp.policy, snapshot, step, now, exp.ramp_steps)
         self.metrics.evaluated(exp.name, decision)
         await self.redis.xadd(
@@ -231,20 +230,30 @@ class Controller:
         return decision
 
     async def _step(
-        self, exp: Experiment, c_units: int, t_units: int, moved: int, now: float
+        self,
+        exp: Experiment,
+        c_units: int,
+        t_units: int,
+        moved: int,
+        now: float,
+        *,
+        control_moved: int = 0,
     ) -> StepState:
+        """The experiment's ramp step. `moved`: units that moved into treatment so far (the
+        share went up); `control_moved`: into control (the share went down)."""
         key = step_key(exp.name)
         keep = self.retention.ended_seconds  # renewed while evaluated; gone after the end
         stored = await read_step(self.redis, exp.name)
         # first look at an experiment whose share was changed by hand (or resumed) before:
         # the units so far arrived under other shares, so they are not this step's
         changed = stored is None and share_changed(await read_audit(self.redis, exp.name))
-        # a share change or a resume starts a new step: its minimums, SRM and time start over
-        # (analysis/steps.py; the report applies the same rule to what is stored here)
+        # a share change (up or down) or a resume starts a new step: its minimums, SRM and time
+        # start over (analysis/steps.py; the report applies the same rule to what is stored
+        # here); its number sets its share of the SRM threshold (analysis/stats/srm.py)
         step = next_step(
             stored, share=exp.treatment_percent, resumed_at=exp.resumed_at,
-            control_units=c_units, treatment_units=t_units, moved_in=moved, now=now,
-            changed=changed,
+            control_units=c_units, treatment_units=t_units, moved_in=moved,
+            control_moved_in=control_moved, now=now, changed=changed,
         )  # fmt: skip
         if step is stored:
             await self.redis.expire(key, keep)

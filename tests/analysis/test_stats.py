@@ -123,8 +123,10 @@ def test_msprt_keeps_running_minimum_and_intersection() -> None:
 def test_srm_flags_a_broken_split_and_spares_correct_ones() -> None:
     broken = srm_test(control_units=18_400, treatment_units=1_600, expected_share=0.10)
     assert broken.mismatch and broken.p_value is not None and broken.p_value < 1e-10
-    chi2, p = stats.chisquare([18_400, 1_600], [18_000, 2_000])
-    assert broken.chi2 == pytest.approx(chi2) and broken.p_value == pytest.approx(p)
+    # the Bayes factor is the Beta-binomial mixture's likelihood over the binomial's
+    bf = stats.betabinom.pmf(1_600, 20_000, 10, 90) / stats.binom.pmf(1_600, 20_000, 0.10)
+    assert broken.log_bayes_factor == pytest.approx(np.log(bf), rel=1e-9)
+    assert broken.p_value == pytest.approx(1 / (bf / 2))  # step 1 spends half the threshold
     rng = np.random.default_rng(5)
     flagged = 0
     for _ in range(1000):

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from analysis.simulate import PolicyModel, StudyModel, decisions, simulate, simulate_policy
+from analysis.simulate import (
+    PolicyModel,
+    StudyModel,
+    decisions,
+    simulate,
+    simulate_policy,
+    simulate_srm_ramp,
+)
 from analysis.types import GuardrailSpec, Policy
 
 
@@ -50,3 +57,16 @@ def test_an_aa_with_60_second_looks_takes_no_action_in_its_first_hours() -> None
     for _ in range(3):
         run = simulate_policy(PolicyModel(), policy, rng, look_every_hours=1 / 60, horizon_hours=6)
         assert run.action == "hold", run
+
+
+def test_srm_checked_every_minute_through_correct_ramps_does_not_pause() -> None:
+    """Scenario 8 of the study, reduced: correct ramps 5 -> 10 -> 25 -> 50 % over 7 days with the
+    policy's SRM check every minute: no pause (the old chi-square rule pauses some); a 45/55
+    split at 50 % is paused."""
+    rng = np.random.default_rng(606)
+    runs = [simulate_srm_ramp(Policy(), rng, days=7) for _ in range(40)]
+    assert not any(r.paused for r in runs)
+    assert all(r.share == 50.0 for r in runs)  # every run got through the ramp
+    assert sum(r.chi2_paused for r in runs) >= 1
+    broken = [simulate_srm_ramp(Policy(), rng, days=7, delivered=0.9) for _ in range(4)]
+    assert all(r.paused for r in broken), broken

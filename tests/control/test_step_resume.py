@@ -50,3 +50,25 @@ async def test_resume_starts_a_new_step(redis_url: str) -> None:
         assert await ctl._step(resumed, 6090, 410, 0, now=1300.0) == step
     finally:
         await client.aclose()
+
+
+async def test_a_share_decrease_starts_a_step_that_knows_the_units_moved_into_control(
+    redis_url: str,
+) -> None:
+    """25 % -> 10 % through PATCH or set-share: the new step records the units that had moved
+    into control so far (the gateway's control `moved_in`), and its number, which sets its part
+    of the SRM threshold; a resume is one more step."""
+    client = aioredis.from_url(redis_url)
+    try:
+        ctl = Controller(client)
+        exp = Experiment.model_validate(experiment("shrink", "r", "http://127.0.0.1:1", 25))
+        first = await ctl._step(exp, 0, 0, 0, now=1000.0)
+        assert first.index == 1
+        down = exp.model_copy(update={"treatment_percent": 10.0})
+        step = await ctl._step(down, 3000, 1000, 200, now=2000.0, control_moved=40)
+        assert step.index == 2 and step.share == 10.0
+        assert (step.moved_in_at_start, step.control_moved_in_at_start) == (200, 40)
+        resumed = transition(transition(down, "pause"), "resume")
+        assert (await ctl._step(resumed, 3100, 1010, 200, now=3000.0)).index == 3
+    finally:
+        await client.aclose()
