@@ -49,7 +49,8 @@ def register(app: typer.Typer) -> None:
         if json_file is not None:
             _write(json_file, json.dumps(data, indent=2, ensure_ascii=False) + "\n", as_json)
         if html_file is not None:
-            from analysis.report import Report, render_html
+            from analysis.report import Report
+            from analysis.report_html import render_html
 
             _write(html_file, render_html(Report.model_validate(data)), as_json)
 

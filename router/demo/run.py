@@ -29,7 +29,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from analysis.report import Report, render_html
+from analysis.report import Report
+from analysis.report_html import render_html
 from router.cli.tables import Column, fitted
 from router.demo.population import Population
 from router.runtime.embedded_redis import EmbeddedRedis, free_port, stop_process

@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from analysis.report import build_report, render_html
+from analysis.report import build_report
+from analysis.report_html import render_html
 from analysis.stats.srm import srm_test
 from analysis.types import (
     ArmSnapshot,
