@@ -33,14 +33,20 @@ def evaluate(
     alpha: float = 0.05,
     previous: TestResult | None = None,
     min_units: int = 2,
+    tau: float | None = None,
+    relative_tau: float | None = None,
 ) -> GuardrailResult:
+    """`tau`: the mixing scale of a per-request mean's always-valid test (a proportion keeps its
+    metric's), `relative_tau` the relative lift's; by default from the current control value,
+    the caller fixes them from the margin (analysis/looks.py)."""
     if name == P95:
         return _p95(snapshot, margin, alpha=alpha, min_units=min_units)
     m = metric(name)
     worse_is_higher = not m.higher_is_better
     comparison = compare(
-        snapshot, name, sequential=sequential, alpha=alpha, previous=previous, min_units=min_units
-    )
+        snapshot, name, sequential=sequential, alpha=alpha, previous=previous, min_units=min_units,
+        tau=None if m.proportion else tau, relative_tau=relative_tau,
+    )  # fmt: skip
     test = comparison.test
     base = {
         "metric": name,

@@ -184,13 +184,17 @@ def difference_test(control: Estimate, treatment: Estimate, alpha: float = 0.05)
     rel = se_rel = None
     if control.value != 0:
         rel = treatment.value / control.value - 1
-        se_rel = math.sqrt(
-            treatment.variance / control.value**2
-            + treatment.value**2 * control.variance / control.value**4
-        )
+        se_rel = math.sqrt(relative_variance(control, treatment))
     return normal_result(
         method, diff=diff, se=se, q=q, p=p, statistic=z, alpha=alpha, rel=rel, se_rel=se_rel
     )
+
+
+def relative_variance(control: Estimate, treatment: Estimate) -> float:
+    """Delta-method variance of t / c − 1 for independent arms: var_t / c² + t² var_c / c⁴
+    (the control's estimate varies too; dividing the difference's interval by c ignores it)."""
+    c, t = control.value, treatment.value
+    return treatment.variance / c**2 + t**2 * control.variance / c**4
 
 
 def estimates(m: Metric, control: ArmSnapshot, treatment: ArmSnapshot) -> tuple[
@@ -241,9 +245,13 @@ def compare(
     alpha: float = 0.05,
     previous: TestResult | None = None,
     min_units: int = 2,
+    tau: float | None = None,
+    relative_tau: float | None = None,
 ) -> MetricComparison:
     """Treatment vs control on one metric, at the unit level: each arm needs `min_units` units
-    with a non-zero denominator and a positive (for proportions: floored) variance."""
+    with a non-zero denominator and a positive (for proportions: floored) variance. `tau` and
+    `relative_tau`: the mSPRT's mixing scales when fixed by the caller (analysis/looks.py);
+    by default the metric's, from the current control value."""
     m = metric(name)
     c, t = estimates(m, snapshot.control, snapshot.treatment)
     method = "mSPRT" if sequential else "z-test"
@@ -275,10 +283,12 @@ def compare(
         test = msprt(
             t.value - c.value,
             cf.variance + tf.variance,
-            m.mixing_scale(c.value),
+            tau or m.mixing_scale(c.value),
             alpha,
             previous,
             control_value=c.value,
+            relative_variance=relative_variance(cf, tf) if c.value else None,
+            relative_tau=relative_tau,
         )
     else:
         test = difference_test(cf, tf, alpha)

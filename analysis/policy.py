@@ -23,14 +23,16 @@ Hard failures are the circuit breaker's (router/dataplane), which does not wait 
 
 from __future__ import annotations
 
-from analysis.guardrails import evaluate
-from analysis.metrics import compare, metric
+from analysis import looks as lk
+from analysis.metrics import metric
 from analysis.stats.srm import srm_test
 from analysis.types import (
     Decision,
     ExperimentSnapshot,
     GuardrailResult,
+    LookMemory,
     MetricComparison,
+    MetricLooks,
     Policy,
     SRMResult,
     StepState,
@@ -43,7 +45,11 @@ def decide(
     step: StepState,
     now: float,
     ramp_steps: list[float],
+    looks: LookMemory | None = None,
 ) -> Decision:
+    """`looks`: the memory of the earlier looks (analysis/looks.py); the decision carries it
+    updated, to be stored for the next look."""
+    memory = looks or LookMemory()
     share = snapshot.treatment_percent
     c_units, t_units = snapshot.control.units.units, snapshot.treatment.units.units
     new_c, new_t, moved_t, moved_c = new_units(snapshot, step)
@@ -66,6 +72,7 @@ def decide(
                 "share": share,
                 "step_seconds": step_seconds,
                 "units": units,
+                "looks": memory,
                 **extra,
             }
         )
@@ -80,24 +87,13 @@ def decide(
             srm=srm,
         )
 
+    kept: dict[str, MetricLooks] = {}  # the memory after this look
+    a, n = policy.alpha, policy.min_evidence_units
     guardrails: list[GuardrailResult] = [
-        evaluate(
-            snapshot,
-            g.metric,
-            g.margin,
-            relative=g.relative,
-            alpha=policy.alpha,
-            min_units=policy.min_evidence_units,
-        )
-        for g in policy.guardrails
+        lk.guardrail(snapshot, g, memory, kept, alpha=a, min_units=n) for g in policy.guardrails
     ]
-    primary = compare(
-        snapshot,
-        policy.primary_metric,
-        sequential=True,
-        alpha=policy.alpha,
-        min_units=policy.min_evidence_units,
-    )
+    primary = lk.primary(snapshot, policy.primary_metric, memory, kept, alpha=a, min_units=n)
+    memory = memory.model_copy(update={"tests": kept})  # what `decision` records from here on
     common = {"srm": srm, "guardrails": guardrails, "primary": primary}
     breaches = [g for g in guardrails if g.verdict == "inferior"]
     if breaches:

@@ -12,7 +12,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from analysis.guardrails import P95, evaluate
+from analysis import looks as lk
+from analysis.guardrails import P95
 from analysis.metrics import METRICS, compare, estimates, metric
 from analysis.policy import decide
 from analysis.stats.quantiles import latency_quantile
@@ -22,7 +23,9 @@ from analysis.types import (
     ExperimentSnapshot,
     GuardrailResult,
     Interval,
+    LookMemory,
     MetricComparison,
+    MetricLooks,
     Policy,
     SRMResult,
     StepState,
@@ -127,10 +130,19 @@ def _direction_word(comparison: MetricComparison, higher_is_better: bool) -> str
     return "no significant difference"
 
 
-def _row(snapshot: ExperimentSnapshot, name: str, role: str, policy: Policy) -> MetricRow | None:
+def _row(
+    snapshot: ExperimentSnapshot,
+    name: str,
+    role: str,
+    policy: Policy,
+    live: MetricComparison | None = None,
+) -> MetricRow | None:
+    """`live`: the always-valid comparison the controller acts on (the primary metric's, with
+    the look memory); by default this look's alone."""
     # the controller's evidence rule: `min_evidence_units` units with data per arm
     n = policy.min_evidence_units
-    live = compare(snapshot, name, sequential=True, alpha=policy.alpha, min_units=n)
+    if live is None:
+        live = compare(snapshot, name, sequential=True, alpha=policy.alpha, min_units=n)
     fixed = compare(snapshot, name, sequential=False, alpha=policy.alpha, min_units=n)
     if live.control is None and live.treatment is None:
         return None
@@ -271,22 +283,28 @@ def build_report(
     audit: list[dict[str, Any]],
     now: float,
     step: StepState | None = None,
+    looks: LookMemory | None = None,
 ) -> Report:
-    """`audit` oldest first; `step` the controller's stored step (router/keys.py), if any.
+    """`audit` oldest first; `step` the controller's stored step and `looks` its look memory
+    (router/keys.py), if any.
 
     The evidence rules are the controller's: metrics are tested from `min_evidence_units`
-    units with data per arm, and the SRM check is the policy's own (`decide`) on the units of
-    the current step against its share, never all units so far against the current share."""
+    units with data per arm, the primary metric and the guardrails with the controller's look
+    memory (fixed mixing scales, running minimum p-value, intersected intervals), and the SRM
+    check is the policy's own (`decide`) on the units of the current step against its share,
+    never all units so far against the current share."""
     policy = Policy.model_validate(experiment.get("policy", {}))
+    target = str((experiment.get("treatment") or {}).get("model", ""))
+    memory = lk.current(looks, target, float(experiment.get("resumed_at") or 0.0))
+    a, n = policy.alpha, policy.min_evidence_units
+    unused: dict[str, MetricLooks] = {}  # the report reads the memory, never writes it
     rows: list[MetricRow] = []
-    primary = _row(snapshot, policy.primary_metric, "primary", policy)
+    live = lk.primary(snapshot, policy.primary_metric, memory, unused, alpha=a, min_units=n)
+    primary = _row(snapshot, policy.primary_metric, "primary", policy, live)
     if primary is not None:
         rows.append(primary)
     for spec in policy.guardrails:
-        g = evaluate(
-            snapshot, spec.metric, spec.margin, relative=spec.relative, alpha=policy.alpha,
-            min_units=policy.min_evidence_units,
-        )  # fmt: skip
+        g = lk.guardrail(snapshot, spec, memory, unused, alpha=a, min_units=n)
         rows.append(_guardrail_row(g, snapshot))
     for name in METRICS:
         if name != policy.primary_metric:
@@ -296,7 +314,7 @@ def build_report(
     changes = share_changes(audit)
     current, step_note = _report_step(step, experiment, snapshot, audit, changes, now)
     ramp = experiment.get("ramp_steps") or [5.0, 10.0, 25.0, 50.0, 100.0]
-    outlook = decide(policy, snapshot, current, now, [float(x) for x in ramp])
+    outlook = decide(policy, snapshot, current, now, [float(x) for x in ramp], looks=memory)
     srm = outlook.srm or SRMResult(
         status="insufficient_data",
         reason="not evaluated",

@@ -227,15 +227,33 @@ class GuardrailResult(BaseModel):
     reason: str = ""
 
 
-class PowerPlan(BaseModel):
+class MetricLooks(BaseModel):
+    """What one always-valid test keeps across looks (analysis/looks.py): its mixing scales,
+    fixed at the first look with evidence, and the running minimum p-value and intersections of
+    its intervals (of the difference and of the relative lift)."""
+
     model_config = ConfigDict(frozen=True)
 
-    status: Status
-    reason: str = ""
-    units_total: int | None = None
-    units_control: int | None = None
-    units_treatment: int | None = None
-    days: float | None = None
+    tau: float = Field(description="Mixing scale of the difference")
+    relative_tau: float | None = Field(
+        default=None, description="Mixing scale of the relative lift (None: control was 0)"
+    )
+    alpha: float = Field(default=0.05, description="The level of the intervals")
+    p_value: float | None = None
+    interval: Interval | None = None
+    relative_interval: Interval | None = None
+
+
+class LookMemory(BaseModel):
+    """The controller's memory of an experiment's looks: per test (`analysis.looks.key`) what
+    it keeps, for one treatment target since one resume; another target or a resume starts it
+    afresh."""
+
+    model_config = ConfigDict(frozen=True)
+
+    target: str = Field(default="", description="The treatment's model the looks are of")
+    resumed_at: float = Field(default=0.0, description="The experiment's `resumed_at` then")
+    tests: dict[str, MetricLooks] = Field(default_factory=dict)
 
 
 # -- policy and decisions (analysis/policy.py) ---------------------------------------------------
@@ -324,3 +342,6 @@ class Decision(BaseModel):
     srm: SRMResult | None = None
     step_seconds: float = 0.0
     units: dict[str, int] = Field(default_factory=dict)
+    looks: LookMemory | None = Field(
+        default=None, description="The look memory after this look (the controller stores it)"
+    )

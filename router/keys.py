@@ -117,6 +117,13 @@ def controller_step(name: str) -> str:
     return experiment_tag(name) + "ctl"
 
 
+def controller_looks(name: str) -> str:
+    """The controller's look memory (JSON, analysis/looks.py): per test its fixed mixing scales,
+    running minimum p-value and intersected intervals, for one treatment model since one
+    resume."""
+    return experiment_tag(name) + "looks"
+
+
 def ended(name: str) -> str:
     """Hash written when the experiment ends or is deleted (router/control/retention.py):
     ``at`` (when), ``until`` (when its per-unit totals and event stream expire), ``deleted``."""
@@ -200,6 +207,12 @@ SCHEMA: tuple[KeyDoc, ...] = (
     KeyDoc(controller_step("<exp>"), "string",
            "TTL = ended retention, renewed by each evaluation; deleted with the experiment",
            "controller", "the ramp step (JSON): share, start time, unit counts at its start"),
+    KeyDoc(controller_looks("<exp>"), "string",
+           "TTL = ended retention, renewed by each evaluation; deleted with the experiment",
+           "controller", "the look memory (JSON): the treatment model and `resumed_at` it "
+           "belongs to; per always-valid test (the primary metric, each guardrail) its mixing "
+           "scales, fixed at its first look with evidence, the running minimum p-value and the "
+           "running intersections of its intervals"),
     KeyDoc(decisions("<exp>"), "stream, capped (`MAXLEN ~` 5,000)", _KEPT, "controller",
            "every evaluation and decision"),
     KeyDoc(ended("<exp>"), "hash",

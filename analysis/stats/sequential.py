@@ -15,8 +15,11 @@ McAuliffe & Sekhon 2021)
     Δ̂ ± sqrt( V (V + τ²) / τ² · log( (V + τ²) / (V α²) ) )
 
 τ is the effect size the test is tuned for: the sequence is tightest when V ≈ τ² ... it is
-chosen per metric as the smallest effect worth detecting (docs/statistics.md). With `previous`
-the running minimum p-value and the running intersection of intervals are kept.
+chosen per metric as the smallest effect worth detecting and fixed for the experiment
+(docs/statistics.md). The relative lift Δ̂ / ĉ gets its own sequence, with its delta-method
+variance var_t / c² + t² var_c / c⁴ (the control's estimate varies too) and mixing scale
+`relative_tau` (default τ / |c|). With `previous` the running minimum p-value and the running
+intersections of both intervals are kept.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from __future__ import annotations
 import math
 
 from analysis.stats._util import finite, insufficient, interval
-from analysis.types import TestResult
+from analysis.types import Interval, TestResult
 
 METHOD = "mSPRT (normal mixture), always valid"
 
@@ -39,6 +42,15 @@ def half_width(var: float, tau: float, alpha: float) -> float:
     return math.sqrt(var * (var + t2) / t2 * math.log((var + t2) / (var * alpha * alpha)))
 
 
+def _intersect(low: float, high: float, previous: Interval | None) -> tuple[float, float]:
+    """The running intersection; it can only be empty by chance (probability <= α), and is
+    then started again from this look."""
+    if previous is None:
+        return low, high
+    a, b = max(low, previous.low), min(high, previous.high)
+    return (a, b) if a <= b else (low, high)
+
+
 def msprt(
     diff: float,
     var: float,
@@ -47,8 +59,11 @@ def msprt(
     previous: TestResult | None = None,
     *,
     control_value: float | None = None,
+    relative_variance: float | None = None,
+    relative_tau: float | None = None,
 ) -> TestResult:
-    """Always-valid test of Δ = 0 and confidence sequence for Δ at this look."""
+    """Always-valid test of Δ = 0 and confidence sequence for Δ at this look; with the control
+    value and the relative lift's variance, its confidence sequence too."""
     if not finite(diff, var, tau) or tau <= 0:
         return insufficient(METHOD, "non-finite inputs or mixing scale", alpha)
     if var <= 0:
@@ -57,16 +72,18 @@ def msprt(
     p = 1.0 if llr <= 0 else min(1.0, math.exp(-llr))
     h = half_width(var, tau, alpha)
     low, high = diff - h, diff + h
-    if previous is not None and previous.status == "ok" and previous.interval is not None:
-        p = min(p, previous.p_value if previous.p_value is not None else 1.0)
-        low, high = max(low, previous.interval.low), min(high, previous.interval.high)
-        if low > high:  # the running intersection can only be empty by chance (prob. <= α)
-            low, high = diff - h, diff + h
+    prev_rel = None
+    if previous is not None and previous.status == "ok":
+        if previous.p_value is not None:
+            p = min(p, previous.p_value)
+        low, high = _intersect(low, high, previous.interval)
+        prev_rel = previous.relative_interval
     rel = rel_ci = None
-    if control_value:
+    if control_value and relative_variance is not None and relative_variance > 0:
         rel = diff / control_value
-        a, b = sorted((low / control_value, high / control_value))
-        rel_ci = interval(a, b)
+        r_tau = relative_tau if relative_tau else tau / abs(control_value)
+        hr = half_width(relative_variance, r_tau, alpha)
+        rel_ci = interval(*_intersect(rel - hr, rel + hr, prev_rel))
     return TestResult(
         status="ok", method=METHOD, difference=diff, interval=interval(low, high), p_value=p,
         statistic=llr, relative_lift=rel, relative_interval=rel_ci, significant=p < alpha,

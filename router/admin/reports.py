@@ -19,7 +19,7 @@ from router.admin.deps import (
     GatewayDep,
     require_experiment,
 )
-from router.control.controller import read_step
+from router.control.controller import read_looks, read_step
 from router.control.store import read_audit
 from router.secrets import mask_experiment
 from router.signals.readmodel import read_snapshot
@@ -51,5 +51,8 @@ async def report(name: ExperimentName, gateway: GatewayDep) -> Report:
     audit_rows = await read_audit(gateway.redis, name, 1000)
     decisions = [Decision.model_validate_json(f[b"json"]) for _, f in raw or [] if f]
     step = await read_step(gateway.redis, name)  # the controller's: same SRM, same units
+    looks = await read_looks(gateway.redis, name)  # and the same always-valid tests
     shown = mask_experiment(exp).model_dump(mode="json")
-    return build_report(shown, snap, decisions, list(reversed(audit_rows)), time.time(), step)
+    return build_report(
+        shown, snap, decisions, list(reversed(audit_rows)), time.time(), step, looks
+    )

@@ -9,7 +9,9 @@ anything and no decision is applied twice. Manual actions win: only `running` ex
 evaluated, so a paused experiment is not advanced and a rollback is final.
 
 Per experiment the controller keeps its ramp step (share, start time, unit counts at the start;
-its TTL renewed by every evaluation; a share change or a resume starts a new one) and appends
+its TTL renewed by every evaluation; a share change or a resume starts a new one), its look
+memory (the always-valid tests' fixed mixing scales, running minimum p-values and intersected
+intervals, analysis/looks.py; a new treatment model or a resume starts it afresh) and appends
 every evaluation to a decisions stream (router/keys.py).
 """
 
@@ -27,9 +29,10 @@ import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from redis.exceptions import RedisError
 
+from analysis.looks import current
 from analysis.policy import decide
 from analysis.steps import next_step, share_changed
-from analysis.types import Decision, StepState
+from analysis.types import Decision, LookMemory, StepState
 from router import keys
 from router.control.changes import apply_change
 from router.control.lifecycle import transition
@@ -49,6 +52,7 @@ DECISIONS_MAXLEN = 5000
 
 decisions_key = keys.decisions
 step_key = keys.controller_step
+looks_key = keys.controller_looks
 
 
 class ControllerMetrics:
@@ -195,11 +199,17 @@ class Controller:
         snapshot = await read_snapshot(self.redis, exp, now=now)
         c, t = snapshot.control.units, snapshot.treatment.units
         step = await self._step(exp, c.units, t.units, t.moved_in, now, control_moved=c.moved_in)
-        decision = decide(exp.policy, snapshot, step, now, exp.ramp_steps)
+        memory = current(await read_looks(self.redis, exp.name), *look_owner(exp))
+        decision = decide(exp.policy, snapshot, step, now, exp.ramp_steps, looks=memory)
+        if decision.looks is not None:
+            await self.redis.set(
+                looks_key(exp.name), decision.looks.model_dump_json(),
+                ex=self.retention.ended_seconds,
+            )  # fmt: skip
         self.metrics.evaluated(exp.name, decision)
         await self.redis.xadd(
             decisions_key(exp.name),
-            {"json": decision.model_dump_json()},
+            {"json": decision.model_dump_json(exclude={"looks"})},  # stored on its own
             maxlen=DECISIONS_MAXLEN,
             approximate=True,
         )
@@ -266,3 +276,15 @@ async def read_step(redis: aioredis.Redis, name: str) -> StepState | None:
     """The controller's stored ramp step of experiment `name`, if any."""
     raw = await redis.get(step_key(name))
     return None if raw is None else StepState.model_validate(orjson.loads(raw))
+
+
+async def read_looks(redis: aioredis.Redis, name: str) -> LookMemory | None:
+    """The controller's stored look memory of experiment `name`, if any."""
+    raw = await redis.get(looks_key(name))
+    return None if raw is None else LookMemory.model_validate(orjson.loads(raw))
+
+
+def look_owner(exp: Experiment) -> tuple[str, float]:
+    """What a look memory belongs to: the treatment's model (a swap is another treatment) and
+    the experiment's last resume."""
+    return exp.treatment.model, exp.resumed_at

@@ -5,8 +5,8 @@ over units are updated from each unit's previous totals, so totals that vanished
 would count their unit again as a new one. When it ends (promoted or rolled back), the gateway
 stops recording its requests (router/dataplane/record.py) and the keys that grow with its
 traffic expire after the retention: the per-unit totals (one hash per arm), the event stream
-and the controller's step. The aggregates its report reads (per-arm totals, sums over units,
-the decisions stream) are kept, bounded in size, until it is deleted.
+and the controller's step and look memory. The aggregates its report reads (per-arm totals,
+sums over units, the decisions stream) are kept, bounded in size, until it is deleted.
 
 The commands are queued in the configuration store's transaction (router/control/store.py),
 with the change itself, whoever makes it (admin API, controller, circuit breaker, config file):
@@ -52,6 +52,7 @@ def retained_keys(name: str) -> tuple[str, ...]:
         keys.unit_totals(name, "treatment"),
         keys.events(name),
         keys.controller_step(name),
+        keys.controller_looks(name),
     )
 
 

@@ -94,6 +94,7 @@ async def test_every_key_expires_but_the_config_the_audit_and_the_reports(
             await client.aclose()
         assert rds.xlen(keys.decisions(NAMES["rolled"])) == 1
         assert rds.ttl(keys.controller_step(NAMES["rolled"])) > 0
+        assert rds.ttl(keys.controller_looks(NAMES["rolled"])) > 0
 
         for action, name in (("rollback", NAMES["rolled"]), ("promote", NAMES["promoted"]),
                              ("rollback", NAMES["deleted"])):  # fmt: skip
