@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint typecheck unit demo bench stats-study clean
+.PHONY: test lint typecheck unit demo demo-check bench stats-study clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ test: lint typecheck
 
 demo: $(STAMP)
 	$(BIN)/abgate demo
+
+# the demo's ending, 20 times in a row with one core kept busy (about 40 minutes)
+demo-check: $(STAMP)
+	$(BIN)/python -m bench.demo_runs --runs 20 --load 1
 
 stats-study: $(STAMP)
 	$(BIN)/python -m bench.stats_study

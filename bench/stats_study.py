@@ -18,6 +18,9 @@ sums the gateway keeps, ramping 5 -> 10 -> 25 -> 50 % as the controller does; `-
    harmless winner (error rate 1 % in both arms) for comparison.
 6. Thin evidence: an A/A at a 5 % share with a look every 60 s over the first 12 hours, and
    an A/A through the whole ramp with hourly looks over 14 days: how often the policy acts.
+   `aa_minute` (its own `--aa-minute-reps`, slow: 20,160 looks per replication): the A/A from
+   a 5 % share with a look every 60 s over the whole 14 days, as the controller looks by
+   default: how often and when the policy acts (promotions, rollbacks, pauses).
 7. The issue-16 example (60 control users, 2 treatment users with 5 thumbs-down) through
    `decide`.
 8. SRM through correct ramps 5 -> 10 -> 25 -> 50 % (each step as long as the policy's minimums
@@ -26,7 +29,7 @@ sums the gateway keeps, ramping 5 -> 10 -> 25 -> 50 % as the controller does; `-
    same ramps with treatment getting 90 % of its share: how often and how fast it is paused.
 
 Run: ``python -m bench.stats_study [--reps 2000] [--policy-reps 200] [--srm-reps 1000]
-[--workers 2]``
+[--aa-minute-reps 100] [--workers 2]``
 (``make stats-study``).
 """
 
@@ -68,6 +71,8 @@ SRM_THRESHOLD = 0.001
 # 20 units with data per arm before any test acts) with the error-rate guardrail alone
 POLICY = Policy(guardrails=[GuardrailSpec(metric="error_rate", margin=ERROR_MARGIN)])
 POLICY_SCENARIOS = ("harmful", "winner", "aa_fast", "aa_policy")
+# the A/A through the whole ramp with a look every 60 s for 14 days (`--aa-minute-reps`)
+AA_MINUTE = "aa_minute"
 # SRM through correct ramps 5 -> 10 -> 25 -> 50 %, checked every 60 s for 14 days (`--srm-reps`),
 # and the same ramps with a broken split (treatment gets 90 % of its share: 45/55 at 50 %)
 SRM_SCENARIOS = ("srm_ramp", "srm_ramp_broken")
@@ -114,8 +119,10 @@ def _scenario(args: tuple[str, int, int]) -> dict[str, list[float]]:
             put("detected", float(len(breach) > 0))
             put("requests", float(sums.sn[breach[0], 1]) if len(breach) else np.nan)
             put("hours", float(sums.hours[breach[0]]) if len(breach) else np.nan)
-        elif name in POLICY_SCENARIOS:
-            if name == "aa_fast":
+        elif name in (*POLICY_SCENARIOS, AA_MINUTE):
+            if name == AA_MINUTE:
+                run_ = simulate_policy(PolicyModel(), POLICY, rng, look_every_hours=1 / 60)
+            elif name == "aa_fast":
                 run_ = simulate_policy(PolicyModel(), POLICY, rng, look_every_hours=1 / 60,
                                        horizon_hours=12)  # fmt: skip
             elif name == "aa_policy":
@@ -153,14 +160,18 @@ def run(
     policy_reps: int = 200,
     names: tuple[str, ...] = ("aa", "drop", "errors", "srm", *POLICY_SCENARIOS, *SRM_SCENARIOS),
     srm_reps: int = 1000,
+    aa_minute_reps: int = 100,
 ) -> dict[str, dict[str, Any]]:
     jobs: list[tuple[str, int, int]] = []
-    for i, name in enumerate(("aa", "drop", "errors", "srm", *POLICY_SCENARIOS, *SRM_SCENARIOS)):
+    every = ("aa", "drop", "errors", "srm", *POLICY_SCENARIOS, *SRM_SCENARIOS, AA_MINUTE)
+    for i, name in enumerate(every):
         if name not in names:
             continue
         total = policy_reps if name in POLICY_SCENARIOS else reps
         if name in SRM_SCENARIOS:
             total = srm_reps if name == "srm_ramp" else max(1, srm_reps // 5)
+        if name == AA_MINUTE:
+            total = aa_minute_reps
         chunk = max(1, total // (workers * 4))
         done = 0
         while done < total:
@@ -226,12 +237,20 @@ def _pct(x: np.ndarray) -> str:
     return f"{100 * float(np.mean(x)):.1f} %"
 
 
+def _median(x: np.ndarray) -> str:
+    """The median of the finite values (none: "-", an A/A may never act)."""
+    finite = x[np.isfinite(x)]
+    return f"{np.median(finite):.0f}" if len(finite) else "-"
+
+
 def _se(x: np.ndarray) -> str:
     p = float(np.mean(x))
     return f"± {100 * 1.96 * np.sqrt(p * (1 - p) / len(x)):.1f}"
 
 
-SCENARIOS = ("aa", "drop", "errors", "srm", *POLICY_SCENARIOS, *SRM_SCENARIOS, "two_users")
+SCENARIOS = (
+    "aa", "drop", "errors", "srm", *POLICY_SCENARIOS, AA_MINUTE, *SRM_SCENARIOS, "two_users",
+)  # fmt: skip
 Row = tuple[str, str, str]
 
 
@@ -310,6 +329,16 @@ def _rows(name: str, x: dict[str, Any]) -> list[Row]:
             ("   ... rolled back", _pct(x["rollback"]), _ci(x["rollback"])),
             ("   ... paused (SRM)", _pct(x["pause"]), _ci(x["pause"])),
         ]  # fmt: skip
+    if name == AA_MINUTE:
+        any_ = np.maximum.reduce([x["promote"], x["rollback"], x["pause"]])
+        return [
+            ("6c. A/A, whole ramp from 5 %, a look every 60 s, 14 days: any action", _pct(any_),
+             _ci(any_)),
+            ("   ... rolled back", _pct(x["rollback"]), _ci(x["rollback"])),
+            ("   ... promoted", _pct(x["promote"]), _ci(x["promote"])),
+            ("   ... paused (SRM)", _pct(x["pause"]), _ci(x["pause"])),
+            ("   ... median hour of the actions", _median(x["hours"]), ""),
+        ]  # fmt: skip
     if name == "srm_ramp":
         return [
             ("8. Correct ramps 5 -> 10 -> 25 -> 50 %, SRM every 60 s, 14 days: paused",
@@ -348,9 +377,19 @@ def main(argv: list[str] | None = None) -> int:
         default=1000,
         help="replications of the SRM ramp scenario (its broken variant: a fifth)",
     )
+    parser.add_argument(
+        "--aa-minute-reps",
+        type=int,
+        default=100,
+        help="replications of the A/A with a look every 60 s for 14 days (slow)",
+    )
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS),
-                        help=f"comma-separated subset of {', '.join(SCENARIOS)}")  # fmt: skip
+    parser.add_argument(
+        "--scenarios",
+        default=",".join(s for s in SCENARIOS if s != AA_MINUTE),
+        help=f"comma-separated subset of {', '.join(SCENARIOS)} (default: all but {AA_MINUTE}, "
+        "which takes about two CPU-minutes per replication)",
+    )
     args = parser.parse_args(argv)
     chosen = [s for s in args.scenarios.split(",") if s]
     unknown = set(chosen) - set(SCENARIOS)
@@ -359,13 +398,14 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     r: dict[str, dict[str, Any]] = run(
         args.reps, args.workers, policy_reps=args.policy_reps, srm_reps=args.srm_reps,
-        names=tuple(s for s in chosen if s != "two_users"),
+        aa_minute_reps=args.aa_minute_reps, names=tuple(s for s in chosen if s != "two_users"),
     )  # fmt: skip
     if "two_users" in chosen:
         r["two_users"] = two_users()
     rows = [row for name in SCENARIOS if name in r for row in _rows(name, r[name])]
     print(f"\nsimulation study, {args.reps} replications per scenario, {args.policy_reps} per "
-          f"whole-policy scenario, {args.srm_reps} of the SRM ramp "
+          f"whole-policy scenario, {args.srm_reps} of the SRM ramp, "
+          f"{args.aa_minute_reps} of the A/A with 60-second looks "
           f"({time.monotonic() - t0:.0f} s, {args.workers} workers); "
           "95 % Monte Carlo intervals: ± (normal) or [Wilson]\n")  # fmt: skip
     width = max(len(row[0]) for row in rows)

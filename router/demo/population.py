@@ -92,10 +92,14 @@ class Population:
                 self.stats.fallbacks += 1
             good = is_good_answer(answer)
             self.stats.thumbs_up[(route, arm)] += good
-            resp = await http.post(
-                "/v1/feedback",
-                json={"request_id": raw.headers["x-request-id"],
-                      "signal": "thumbs_up" if good else "thumbs_down"},
-            )  # fmt: skip
+            try:
+                resp = await http.post(
+                    "/v1/feedback",
+                    json={"request_id": raw.headers["x-request-id"],
+                          "signal": "thumbs_up" if good else "thumbs_down"},
+                )  # fmt: skip
+            except httpx.HTTPError as exc:  # a person's vote lost in transit, not a crash
+                self.stats.errors.append(f"feedback: {exc.__class__.__name__}: {exc}")
+                continue
             if resp.status_code not in (200, 202):
                 self.stats.errors.append(f"feedback {resp.status_code}: {resp.text[:200]}")

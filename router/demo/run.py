@@ -41,6 +41,9 @@ EXPERIMENTS = (
     ("support-v2", "support-bot", "support-lora-v2", 0.85),
     ("billing-v1", "billing-bot", "billing-lora-v1", 0.35),
 )
+FINAL = ("promoted", "rolled_back", "paused")
+#: the story's ending: the better adapter promoted, the worse one rolled back
+INTENDED = {"support-v2": "promoted", "billing-v1": "rolled_back"}
 
 
 @contextlib.contextmanager
@@ -53,7 +56,7 @@ def _process(cmd: list[str], env: dict[str, str], log: Path) -> Iterator[subproc
         stop_process(proc)
 
 
-def _wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 30) -> None:
+def _wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -215,21 +218,33 @@ async def _drive(
     console: Console, gw_url: str, token: str, short: bool, budget: float
 ) -> dict[str, str]:
     population = Population(gw_url, seed=7, requests_per_user=2)
-    routes = [route for _, route, _, _ in EXPERIMENTS]
+    route_of = {name: route for name, route, _, _ in EXPERIMENTS}
     auth = {"Authorization": f"Bearer {token}"}
     states: dict[str, str] = {}
     deadline = time.monotonic() + budget
-    async with httpx.AsyncClient(base_url=gw_url, headers=auth, timeout=10) as admin:
+    async with httpx.AsyncClient(base_url=gw_url, headers=auth, timeout=30) as admin:
         with Live(console=console, refresh_per_second=4) as live:
             while time.monotonic() < deadline:
+                # users only where an experiment still runs: a route whose experiment has
+                # ended teaches the controller nothing and would only slow the rest down
+                routes = [r for n, r in route_of.items() if states.get(n) not in FINAL]
                 await population.run(routes, 30 if short else 40, concurrency=8)
-                data = (await admin.get("/admin/experiments")).json()
+                try:
+                    resp = await admin.get("/admin/experiments")
+                except httpx.HTTPError:  # a slow moment of the gateway: ask again next round
+                    continue
+                if resp.status_code != 200:
+                    continue
+                data = resp.json()
                 live.update(_view(console, data, population))
                 states = {
                     s["experiment"]["name"]: s["experiment"]["state"] for s in data["experiments"]
                 }
-                if all(s in ("promoted", "rolled_back", "paused") for s in states.values()):
+                if all(s in FINAL for s in states.values()):
                     break
+            else:
+                console.print(f"[red]the experiments did not end within {budget:g} s[/red]")
+    console.print()  # the live view's last frame may end without a newline
     if population.stats.errors:
         console.print(
             f"[red]{len(population.stats.errors)} client errors[/red], e.g. "
@@ -281,8 +296,7 @@ def _finish(
         console.print(f"{name}: {states.get(name, '?')} -> report {path.resolve()}")
         for d in report.decisions:
             console.print(f"    {d.action} at {d.share:g}%: {d.reasons[0][:110]}", markup=False)
-    expected = {"support-v2": "promoted", "billing-v1": "rolled_back"}
-    ok = all(states.get(k) == v for k, v in expected.items())
+    ok = all(states.get(k) == v for k, v in INTENDED.items())
     console.print(
         "\nthe better adapter was promoted and the worse one rolled back"
         if ok
