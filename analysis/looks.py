@@ -14,8 +14,8 @@ in Redis next to the ramp step, and the report reads it, so that both show the s
 
 Mixing scales (`scales`): the metric's for the primary metric (an absolute effect for rates, 10 %
 of the control value for per-request means); for a guardrail on a per-request mean, its margin:
-absolute, or the margin times the control value when relative. Proportion guardrails keep their
-metric's scale.
+absolute, or the margin times the control value when relative. Proportion and p95 guardrails
+use exact per-arm confidence sequences (analysis/guardrails.py), which need no τ and no memory.
 """
 
 from __future__ import annotations
@@ -139,7 +139,7 @@ def guardrail(
     min_units: int,
 ) -> GuardrailResult:
     """A guardrail's always-valid verdict with the memory; its new memory goes in `kept`."""
-    if spec.metric == P95:  # approximate quantiles, no confidence sequence of their own
+    if spec.metric == P95 or metric(spec.metric).proportion:  # exact sequences, no state
         return evaluate(
             snapshot, spec.metric, spec.margin, relative=spec.relative, alpha=alpha,
             min_units=min_units,

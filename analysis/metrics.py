@@ -10,9 +10,10 @@ Before any test: each arm needs `min_units` units with a non-zero denominator (u
 for the thumbs-up rate), and each arm's variance must be positive. For proportions (events per
 request or per vote) each arm's variance is floored at the binomial variance of its
 Laplace-smoothed rate, (x + 1)/(n + 2), over its n requests (votes): with rare or zero events the
-unit-level variance is 0 or far too small, and the floor lets a healthy error rate be shown
-within a guardrail's margin (0 errors in 5,000 requests: the floor's standard error is 0.02
-points) while a single unlucky unit cannot produce a tiny p-value (docs/statistics.md).
+unit-level variance is 0 or far too small, and the floor lets a healthy rate be shown
+unchanged (0 errors in 5,000 requests: the floor's standard error is 0.02 points) while a
+single unlucky unit cannot produce a tiny p-value (docs/statistics.md). Guardrails on
+proportions use exact confidence sequences per arm instead (analysis/guardrails.py).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from analysis import looks as lk
 from analysis.guardrails import P95
 from analysis.metrics import METRICS, compare, estimates, metric
 from analysis.policy import decide
-from analysis.stats.quantiles import latency_quantile
+from analysis.stats.bernoulli import histogram_quantile
 from analysis.steps import next_step, share_changed
 from analysis.types import (
     Decision,
@@ -166,11 +166,12 @@ def _row(
 
 
 def _arm_values(snapshot: ExperimentSnapshot, g: GuardrailResult) -> tuple[float | None, ...]:
-    """Both arms' values of a guardrail's metric (the estimated p95 for the p95 guardrail)."""
+    """Both arms' values of a guardrail's metric (the p95 of the latency histogram for the
+    p95 guardrail)."""
     if g.metric == P95:
         return (
-            latency_quantile(snapshot.control.totals),
-            latency_quantile(snapshot.treatment.totals),
+            histogram_quantile(snapshot.control.totals.latency_histogram),
+            histogram_quantile(snapshot.treatment.totals.latency_histogram),
         )
     try:
         m = metric(g.metric)  # a catalogue metric or a custom signal's rate
@@ -364,8 +365,8 @@ def build_report(
             "treatment": snapshot.treatment.totals.client_closed,
         },
         latency_p95_ms={
-            "control": latency_quantile(snapshot.control.totals),
-            "treatment": latency_quantile(snapshot.treatment.totals),
+            "control": histogram_quantile(snapshot.control.totals.latency_histogram),
+            "treatment": histogram_quantile(snapshot.treatment.totals.latency_histogram),
         },
         metrics=rows,
         srm=srm,

@@ -243,7 +243,7 @@ Units: {r.units["control"]} control, {r.units["treatment"]} treatment; requests:
 {r.requests["control"]} / {r.requests["treatment"]}; errors:
 {r.errors.get("control", 0)} / {r.errors.get("treatment", 0)}; client closes (not errors):
 {r.client_closed.get("control", 0)} / {r.client_closed.get("treatment", 0)}; p95 latency
-(log-normal approximation):
+(from the latency histogram, within 1 %):
 {_fmt(p95.get("control"))} / {_fmt(p95.get("treatment"))} ms.
 Generated {_when(r.generated_at)} UTC.</p>
 <h2>Metrics</h2>

@@ -29,6 +29,12 @@ COMPLETION_TOKENS = "completion_tokens"
 COST_USD = "cost_usd"
 VOTES = "votes"  # thumbs_up + thumbs_down
 
+# Per-arm latency histogram (`lh:<k>` fields of the arm totals): bucket k holds latencies in
+# [ratio^k, ratio^(k+1)) ms, k = floor(log(max(ms, 1)) / log(ratio)), at most LATENCY_BUCKETS_MAX
+# (its bucket holds everything above 1.02^800 ms, about 2 hours): at most 801 fields per arm.
+LATENCY_BUCKET_RATIO = 1.02
+LATENCY_BUCKETS_MAX = 800
+
 
 def signal_count(signal: str) -> str:
     """Per-unit field counting a feedback signal (distinct requests that got it)."""
@@ -105,6 +111,10 @@ class ArmTotals(BaseModel):
     feedback: int = 0
     signal_counts: dict[str, int] = Field(default_factory=dict)
     signal_value_sums: dict[str, float] = Field(default_factory=dict)
+    latency_histogram: dict[int, int] = Field(
+        default_factory=dict,
+        description="bucket -> requests whose latency fell in it (LATENCY_BUCKET_RATIO)",
+    )
 
 
 class MinutePoint(BaseModel):

@@ -27,6 +27,13 @@ sums the gateway keeps, ramping 5 -> 10 -> 25 -> 50 % as the controller does; `-
    need), checked every 60 s for 14 days by the policy's always-valid test (`--srm-reps`): how
    often a correct split is paused (target <= 1 %), against the old chi-square rule; and the
    same ramps with treatment getting 90 % of its share: how often and how fast it is paused.
+9. Guardrails from per-arm confidence sequences through `decide`
+   (`analysis.simulate_guardrails`, `--policy-reps`): a 10x error rate (1 % -> 10 %) with a
+   look every 60 s from a 5 % share, 2,000 users a day: treatment requests at the rollback
+   (target: median <= 150), and the A/A false rollback rate over 48 h of such looks; the p95
+   guardrail (margin 25 % relative, hourly looks, 14 days) on log-normal latencies (median
+   800 ms, log-sd 0.6, 0.2 % timeouts at 30 s): a real +40 % regression, and a timeouts-only
+   change (0.4 % timeouts, p95 +1 %) that must not be flagged (target <= alpha).
 
 Run: ``python -m bench.stats_study [--reps 2000] [--policy-reps 200] [--srm-reps 1000]
 [--aa-minute-reps 100] [--workers 2]``
@@ -52,6 +59,7 @@ from analysis.simulate import (
     simulate_policy,
     simulate_srm_ramp,
 )
+from analysis.simulate_guardrails import GuardrailModel, simulate_guardrail_policy
 from analysis.stats.srm import log_bayes_factor, step_weight
 from analysis.types import (
     ArmSnapshot,
@@ -76,6 +84,11 @@ AA_MINUTE = "aa_minute"
 # SRM through correct ramps 5 -> 10 -> 25 -> 50 %, checked every 60 s for 14 days (`--srm-reps`),
 # and the same ramps with a broken split (treatment gets 90 % of its share: 45/55 at 50 %)
 SRM_SCENARIOS = ("srm_ramp", "srm_ramp_broken")
+# guardrails through `decide` (`--policy-reps`): the error-rate guardrail alone with a look every
+# 60 s, and the p95 guardrail alone (margin 25 % relative) with hourly looks
+GUARD_ERRORS = Policy(guardrails=[GuardrailSpec(metric="error_rate", margin=ERROR_MARGIN)])
+GUARD_P95 = Policy(guardrails=[GuardrailSpec(metric="latency_p95_ms", margin=0.25, relative=True)])
+GUARDRAIL_SCENARIOS = ("errors_cs", "errors_cs_aa", "p95_slower", "p95_timeouts")
 
 
 def _srm_p(k: np.ndarray, share: float) -> np.ndarray:
@@ -135,6 +148,21 @@ def _scenario(args: tuple[str, int, int]) -> dict[str, list[float]]:
                 put(action, float(run_.action == action))
             put("hours", run_.hours if run_.action != "hold" else np.nan)
             put("treatment_requests", float(run_.treatment_requests))
+        elif name in GUARDRAIL_SCENARIOS:
+            if name.startswith("errors"):
+                errors = 0.10 if name == "errors_cs" else 0.01
+                grun = simulate_guardrail_policy(GuardrailModel(error_treatment=errors),
+                                                 GUARD_ERRORS, rng, horizon_hours=48)  # fmt: skip
+            else:
+                slower = name == "p95_slower"
+                model = GuardrailModel(days=14, latency_scale_treatment=1.4 if slower else 1.0,
+                                       timeout_treatment=0.002 if slower else 0.004)  # fmt: skip
+                grun = simulate_guardrail_policy(model, GUARD_P95, rng, look_every_hours=1.0)
+            rolled = grun.action == "rollback"
+            put("rollback", float(rolled))
+            put("pause", float(grun.action == "pause"))
+            put("requests", float(grun.treatment_requests) if rolled else np.nan)
+            put("hours", grun.hours if rolled else np.nan)
         elif name in SRM_SCENARIOS:
             delivered = 1.0 if name == "srm_ramp" else 0.9
             srun = simulate_srm_ramp(POLICY, rng, delivered=delivered)
@@ -158,16 +186,25 @@ def run(
     workers: int,
     seed: int = 20261128,
     policy_reps: int = 200,
-    names: tuple[str, ...] = ("aa", "drop", "errors", "srm", *POLICY_SCENARIOS, *SRM_SCENARIOS),
+    names: tuple[str, ...] = (
+        "aa",
+        "drop",
+        "errors",
+        "srm",
+        *POLICY_SCENARIOS,
+        *SRM_SCENARIOS,
+        *GUARDRAIL_SCENARIOS,
+    ),
     srm_reps: int = 1000,
     aa_minute_reps: int = 100,
 ) -> dict[str, dict[str, Any]]:
     jobs: list[tuple[str, int, int]] = []
-    every = ("aa", "drop", "errors", "srm", *POLICY_SCENARIOS, *SRM_SCENARIOS, AA_MINUTE)
+    every = ("aa", "drop", "errors", "srm", *POLICY_SCENARIOS, *SRM_SCENARIOS,
+             *GUARDRAIL_SCENARIOS, AA_MINUTE)  # fmt: skip
     for i, name in enumerate(every):
         if name not in names:
             continue
-        total = policy_reps if name in POLICY_SCENARIOS else reps
+        total = policy_reps if name in (*POLICY_SCENARIOS, *GUARDRAIL_SCENARIOS) else reps
         if name in SRM_SCENARIOS:
             total = srm_reps if name == "srm_ramp" else max(1, srm_reps // 5)
         if name == AA_MINUTE:
@@ -248,9 +285,8 @@ def _se(x: np.ndarray) -> str:
     return f"± {100 * 1.96 * np.sqrt(p * (1 - p) / len(x)):.1f}"
 
 
-SCENARIOS = (
-    "aa", "drop", "errors", "srm", *POLICY_SCENARIOS, AA_MINUTE, *SRM_SCENARIOS, "two_users",
-)  # fmt: skip
+SCENARIOS = ("aa", "drop", "errors", "srm", *POLICY_SCENARIOS, AA_MINUTE, *SRM_SCENARIOS,
+             *GUARDRAIL_SCENARIOS, "two_users")  # fmt: skip
 Row = tuple[str, str, str]
 
 
@@ -280,7 +316,8 @@ def _rows(name: str, x: dict[str, Any]) -> list[Row]:
         ]
     if name == "errors":
         return [
-            ("3. Error rate 1 % -> 10 %, guardrail margin +1 point, 5-minute looks", "", ""),
+            ("3. Error rate 1 % -> 10 %, margin +1 point, 5-minute looks: the normal-approximation "
+             "mSPRT (before the per-arm sequences; see 9)", "", ""),
             ("   breach declared within 48 h", _pct(x["detected"]), ""),
             ("   median treatment requests until breach", f"{np.nanmedian(x['requests']):.0f}",
              ""),
@@ -356,6 +393,8 @@ def _rows(name: str, x: dict[str, Any]) -> list[Row]:
             ("   ... paused at 50 % (share of the pauses)",
              _pct(x["share"][np.isfinite(x["share"])] == 50.0), ""),
         ]  # fmt: skip
+    if name in GUARDRAIL_SCENARIOS:
+        return _guardrail_rows(name, x)
     action, reason = x["action"], x["reason"]
     return [
         ("7. 60 control users, 2 treatment users with 5 thumbs-down (issue 16)", "", ""),
@@ -363,6 +402,42 @@ def _rows(name: str, x: dict[str, Any]) -> list[Row]:
         ("   primary metric", "", reason),
         ("   with min_evidence_units = 2 (variance floor alone)", x["floor_action"],
          x["floor_reason"]),
+    ]  # fmt: skip
+
+
+def _quartiles(x: np.ndarray) -> str:
+    v = x[np.isfinite(x)]
+    if not len(v):
+        return "-"
+    q1, q2, q3 = np.percentile(v, [25, 50, 75])
+    return f"{q2:.0f} [{q1:.0f}, {q3:.0f}]"
+
+
+def _guardrail_rows(name: str, x: dict[str, Any]) -> list[Row]:
+    if name == "errors_cs":
+        return [
+            ("9. Error rate 1 % -> 10 %, per-arm sequences, decide() every 60 s from 5 %", "", ""),
+            ("   rolled back within 48 h", _pct(x["rollback"]), _ci(x["rollback"])),
+            ("   treatment requests at the rollback: median [quartiles] (target <= 150)",
+             _quartiles(x["requests"]), ""),
+            ("   hours to the rollback: median [quartiles]", _quartiles(x["hours"]), ""),
+        ]  # fmt: skip
+    if name == "errors_cs_aa":
+        return [
+            ("   A/A error rate 1 %, the same looks for 48 h: rolled back (target <= 5 %)",
+             _pct(x["rollback"]), _ci(x["rollback"])),
+        ]  # fmt: skip
+    if name == "p95_slower":
+        return [
+            ("   p95 guardrail (25 % relative), latencies x 1.4, hourly, 14 days: rolled back",
+             _pct(x["rollback"]), _ci(x["rollback"])),
+            ("   ... treatment requests at the rollback: median [quartiles]",
+             _quartiles(x["requests"]), ""),
+            ("   ... hours to the rollback: median [quartiles]", _quartiles(x["hours"]), ""),
+        ]  # fmt: skip
+    return [
+        ("   timeouts only (0.2 % -> 0.4 %, p95 +1 %): rolled back (target <= 5 %)",
+         _pct(x["rollback"]), _ci(x["rollback"])),
     ]  # fmt: skip
 
 

@@ -181,7 +181,9 @@ SCHEMA: tuple[KeyDoc, ...] = (
            "latency_ms_sq_sum, ttft_count, ttft_ms_sum, ttft_ms_sq_sum, prompt_tokens, "
            "completion_tokens, cost_usd`; `feedback`, `fb:<signal>` (count) and `fv:<signal>` "
            "(value sum); `units_over_cap`: requests whose unit was new to the arm when it "
-           "already held `ABGATE_MAX_UNITS_PER_ARM` units (not stored, counted here only)"),
+           "already held `ABGATE_MAX_UNITS_PER_ARM` units (not stored, counted here only); "
+           "`lh:<k>`: requests whose latency fell in bucket k, "
+           "`k = floor(ln(max(ms, 1)) / ln 1.02)`, at most 800 (at most 801 fields)"),
     KeyDoc(minute("<exp>", "<arm>", "<epoch minute>"), "hash", "TTL = minute retention",
            "event writer, feedback",
            "`requests, errors, client_closed, latency_ms_sum, completion_tokens, feedback`"),

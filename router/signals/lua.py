@@ -13,11 +13,28 @@ a unit new to an arm that holds as many is not stored, so that unit ids a client
 grow Redis without bound. Its requests count in the per-arm totals, as those without a unit id,
 and in the arm's ``units_over_cap``. Feedback never adds a unit: its request's event did (or,
 over the cap or after the end, did not).
+
+Each arm's totals also hold a histogram of request latencies, ``lh:<k>`` (geometric buckets of
+ratio 1.02, at most 801 fields; analysis/types.py), for the p95 guardrail.
 """
 
 from __future__ import annotations
 
+import math
+
+from analysis.types import LATENCY_BUCKET_RATIO, LATENCY_BUCKETS_MAX
 from router import keys
+
+# The latency histogram's bucket (analysis/stats/bernoulli.py `latency_bucket` computes the same)
+LATENCY_BUCKET = f"""
+local LH_LOG_RATIO = {math.log(LATENCY_BUCKET_RATIO)!r}
+local LH_MAX = {LATENCY_BUCKETS_MAX:d}
+local function latency_bucket(ms)
+  local k = math.floor(math.log(math.max(ms, 1)) / LH_LOG_RATIO)
+  if k > LH_MAX then k = LH_MAX end
+  return k
+end
+"""
 
 UNIT_UPDATE = (
     keys.LUA_KEYS
@@ -184,6 +201,7 @@ end
 RECORD_EVENTS = (
     UNIT_UPDATE
     + RECORD_FEEDBACK
+    + LATENCY_BUCKET
     + """
 local maxlen = ARGV[1]
 local keep = tonumber(ARGV[2])
@@ -226,6 +244,7 @@ for i = first, #ARGV do
     add(agg, 'status_' .. class, 1)
     add(agg, 'latency_ms_sum', e.latency_ms)
     add(agg, 'latency_ms_sq_sum', e.latency_ms * e.latency_ms)
+    add(agg, 'lh:' .. latency_bucket(e.latency_ms), 1)
     local deltas = {requests = 1, errors = is_error, client_closed = closed,
                     latency_ms = e.latency_ms,
                     prompt_tokens = e.prompt_tokens, completion_tokens = e.completion_tokens,

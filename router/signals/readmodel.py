@@ -38,11 +38,13 @@ def _totals(raw: dict[bytes | str, bytes | str]) -> ArmTotals:
     data = {_text(k): _text(v) for k, v in raw.items()}
     counts = {k[3:]: int(float(v)) for k, v in data.items() if k.startswith("fb:")}
     sums = {k[3:]: float(v) for k, v in data.items() if k.startswith("fv:")}
+    histogram = {int(k[3:]): int(float(v)) for k, v in data.items() if k.startswith("lh:")}
     return ArmTotals(
         **{k: int(float(data.get(k, 0))) for k in _INT_TOTALS},
         **{k: float(data.get(k, 0.0)) for k in _FLOAT_TOTALS},
         signal_counts=counts,
         signal_value_sums=sums,
+        latency_histogram=histogram,
     )
 
 

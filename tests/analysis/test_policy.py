@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from analysis.policy import decide
+from analysis.stats.bernoulli import latency_bucket
 from analysis.types import (
     ArmSnapshot,
     ArmTotals,
@@ -39,9 +40,13 @@ def _arm(rng: np.random.Generator, units: int, *, up: float = 0.7, err: float = 
     cross = {f"{k}|requests": float(v @ n) for k, v in fields.items() if k != "requests"}
     cross["fb:thumbs_up|votes"] = float(fields["fb:thumbs_up"] @ n)
     lat = fields["latency_ms"]
+    # per-request latencies for the p95 guardrail's histogram
+    each = rng.lognormal(np.log(latency), 0.3, int(n.sum()))
+    keys, counts = np.unique([latency_bucket(v) for v in each], return_counts=True)
     totals = ArmTotals(
         requests=int(n.sum()), latency_ms_sum=float(lat.sum()),
         latency_ms_sq_sum=float(((lat / n) ** 2 * n).sum() * 1.05),
+        latency_histogram={int(k): int(c) for k, c in zip(keys, counts, strict=True)},
     )  # fmt: skip
     return ArmSnapshot(
         totals=totals,

@@ -12,6 +12,7 @@ import pytest
 
 from analysis.report import build_report
 from analysis.report_html import render_html
+from analysis.stats.bernoulli import latency_bucket
 from analysis.stats.srm import srm_test
 from analysis.types import (
     ArmSnapshot,
@@ -45,10 +46,13 @@ def _arm(rng: np.random.Generator, units: int, moved_in: int = 0) -> ArmSnapshot
         "cost_usd": n * 1e-4,
     }
     lat = fields["latency_ms"]
+    each = rng.lognormal(np.log(200), 0.1, int(n.sum()))  # per request, for the histogram
+    keys, counts = np.unique([latency_bucket(v) for v in each], return_counts=True)
     return ArmSnapshot(
         totals=ArmTotals(
             requests=int(n.sum()), errors=int(fields["errors"].sum()),
             latency_ms_sum=float(lat.sum()), latency_ms_sq_sum=float(((lat / n) ** 2 * n).sum()),
+            latency_histogram={int(k): int(c) for k, c in zip(keys, counts, strict=True)},
         ),
         units=UnitSums(
             units=units, moved_in=moved_in,

@@ -11,7 +11,6 @@ from scipy import integrate, stats
 from analysis.guardrails import evaluate
 from analysis.metrics import compare, difference_test
 from analysis.stats.delta import ratio_estimate, ratio_from_arrays
-from analysis.stats.quantiles import lognormal_quantile
 from analysis.stats.sequential import half_width, log_mixture_lr, msprt
 from analysis.stats.srm import srm_test
 from analysis.types import ArmSnapshot, Estimate, ExperimentSnapshot, UnitSums
@@ -94,13 +93,6 @@ def test_srm_flags_a_broken_split_and_spares_correct_ones() -> None:
     assert flagged <= 10  # >= 99 % of correct splits are not flagged
 
 
-def test_lognormal_quantile() -> None:
-    mu, sigma = 5.0, 0.6
-    mean = math.exp(mu + sigma**2 / 2)
-    var = (math.exp(sigma**2) - 1) * math.exp(2 * mu + sigma**2)
-    assert lognormal_quantile(mean, var, 0.95) == pytest.approx(
-        stats.lognorm.ppf(0.95, sigma, scale=math.exp(mu))
-    )
 
 
 def _snapshot(c: UnitSums, t: UnitSums) -> ExperimentSnapshot:
