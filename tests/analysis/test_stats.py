@@ -93,8 +93,6 @@ def test_srm_flags_a_broken_split_and_spares_correct_ones() -> None:
     assert flagged <= 10  # >= 99 % of correct splits are not flagged
 
 
-
-
 def _snapshot(c: UnitSums, t: UnitSums) -> ExperimentSnapshot:
     return ExperimentSnapshot(
         experiment="e", route="r", treatment_percent=10, taken_at=0,
