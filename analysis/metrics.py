@@ -40,6 +40,7 @@ from analysis.types import (
     Estimate,
     ExperimentSnapshot,
     MetricComparison,
+    PeriodEstimate,
     TestResult,
     signal_count,
 )
@@ -238,6 +239,76 @@ def exact_difference(method: str, control: float, treatment: float, alpha: float
     )  # fmt: skip
 
 
+def _tested(m: Metric, c: Estimate, t: Estimate) -> tuple[Estimate, Estimate]:
+    """The arms' estimates as the tests use them: floored (proportions), and a mean with no
+    spread in one arm borrows the other arm's unit-level dispersion, so that an arm of identical
+    units never makes the test's variance that of the other arm alone. Both may stay at 0."""
+    cf, tf = floored(m, c), floored(m, t)
+    if cf.variance <= 0 and tf.variance > 0:
+        cf = cf.model_copy(update={"variance": tf.variance * tf.units / max(cf.units, 1)})
+    elif tf.variance <= 0 and cf.variance > 0:
+        tf = tf.model_copy(update={"variance": cf.variance * cf.units / max(tf.units, 1)})
+    return cf, tf
+
+
+def by_period(
+    m: Metric, snapshot: ExperimentSnapshot, min_units: int
+) -> tuple[Estimate, Estimate, list[PeriodEstimate]] | None:
+    """The inverse-variance weighted combination of the per-period differences, or None when
+    the snapshot has fewer than two periods or none with `min_units` units with data in both
+    arms and a positive variance (skipped periods get weight 0).
+
+    Units arrive at different times in the arms during a ramp (treatment's share grows), so
+    pooled sums compare a later treatment with an earlier control: any drift over time biases
+    the difference. Within a period the share is fixed, so its difference is not biased by a
+    drift; the combination, Σ w_p d_p / Σ w_p with w_p = 1/var_p and variance 1/Σ w_p, keeps
+    that. Returned as a pair of estimates whose difference and summed variance are the combined
+    ones: the control at the weighted control mean (its variance Σ w_p² var_c,p / (Σ w_p)²),
+    the treatment at that mean plus the difference."""
+    if len(snapshot.periods) < 2:
+        return None
+    rows: list[tuple[int, Estimate, Estimate, float, float]] = []
+    for p in snapshot.periods:
+        c = ratio_estimate(p.control, m.numerator, m.denominator)
+        t = ratio_estimate(p.treatment, m.numerator, m.denominator)
+        if c is None or t is None:
+            continue
+        ok = min(p.control.with_data(m.denominator), p.treatment.with_data(m.denominator))
+        cf, tf = _tested(m, c, t)
+        var = cf.variance + tf.variance
+        rows.append((p.period, c, t, var, cf.variance if ok >= min_units and var > 0 else -1.0))
+    used = [r for r in rows if r[4] >= 0]
+    if not used:
+        return None
+    total = sum(1 / r[3] for r in used)
+    out = [
+        PeriodEstimate(
+            period=period,
+            control=c,
+            treatment=t,
+            difference=t.value - c.value,
+            variance=var,
+            weight=(1 / var) / total if vc >= 0 else 0.0,
+        )
+        for period, c, t, var, vc in rows
+    ]
+    diff = sum((1 / r[3]) * (r[2].value - r[1].value) for r in used) / total
+    mean_c = sum((1 / r[3]) * r[1].value for r in used) / total
+    var_c = sum(r[4] / r[3] ** 2 for r in used) / total**2
+    var = 1 / total
+    units_c = sum(r[1].units for r in used)
+    units_t = sum(r[2].units for r in used)
+    num_c = sum(r[1].numerator for r in used)
+    den_c = sum(r[1].denominator for r in used)
+    num_t = sum(r[2].numerator for r in used)
+    den_t = sum(r[2].denominator for r in used)
+    control = Estimate(value=mean_c, variance=var_c, units=units_c, numerator=num_c,
+                       denominator=den_c)  # fmt: skip
+    treatment = Estimate(value=mean_c + diff, variance=max(var - var_c, 0.0), units=units_t,
+                         numerator=num_t, denominator=den_t)  # fmt: skip
+    return control, treatment, out
+
+
 def compare(
     snapshot: ExperimentSnapshot,
     name: str,
@@ -252,7 +323,12 @@ def compare(
     """Treatment vs control on one metric, at the unit level: each arm needs `min_units` units
     with a non-zero denominator and a positive (for proportions: floored) variance. `tau` and
     `relative_tau`: the mSPRT's mixing scales when fixed by the caller (analysis/looks.py);
-    by default the metric's, from the current control value."""
+    by default the metric's, from the current control value.
+
+    With two or more periods (ramp steps, treatment swaps, resumes) the tested difference is
+    the combination of the per-period differences (`by_period`; `periods` lists them) and the
+    relative lift is relative to the weighted control mean; `control` and `treatment` stay
+    the arms' cumulative estimates. The minimum evidence is that of the cumulative units."""
     m = metric(name)
     c, t = estimates(m, snapshot.control, snapshot.treatment)
     method = "mSPRT" if sequential else "z-test"
@@ -268,29 +344,28 @@ def compare(
         return MetricComparison(
             metric=name, control=c, treatment=t, test=insufficient(method, reason, alpha)
         )
-    cf, tf = floored(m, c), floored(m, t)
+    combined = by_period(m, snapshot, min_units)
+    periods: list[PeriodEstimate] = []
+    if combined is not None:
+        cf, tf, periods = combined
+    else:
+        cf, tf = _tested(m, c, t)
     if cf.variance <= 0 and tf.variance <= 0:
         # a mean that every unit of both arms has exactly (cost without prices: 0): the
         # difference is known; with min_units units per arm this is not chance
         test = exact_difference(method, c.value, t.value, alpha)
         return MetricComparison(metric=name, control=c, treatment=t, test=test)
-    # a mean with no spread in one arm borrows the other arm's unit-level dispersion, so that
-    # an arm of identical units never makes the test's variance that of the other arm alone
-    if cf.variance <= 0:
-        cf = cf.model_copy(update={"variance": tf.variance * tf.units / max(cf.units, 1)})
-    elif tf.variance <= 0:
-        tf = tf.model_copy(update={"variance": cf.variance * cf.units / max(tf.units, 1)})
     if sequential:
         test = msprt(
-            t.value - c.value,
+            tf.value - cf.value,
             cf.variance + tf.variance,
-            tau or m.mixing_scale(c.value),
+            tau or m.mixing_scale(cf.value),
             alpha,
             previous,
-            control_value=c.value,
-            relative_variance=relative_variance(cf, tf) if c.value else None,
+            control_value=cf.value,
+            relative_variance=relative_variance(cf, tf) if cf.value else None,
             relative_tau=relative_tau,
         )
     else:
         test = difference_test(cf, tf, alpha)
-    return MetricComparison(metric=name, control=c, treatment=t, test=test)
+    return MetricComparison(metric=name, control=c, treatment=t, test=test, periods=periods)

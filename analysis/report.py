@@ -17,6 +17,7 @@ from analysis.guardrails import P95
 from analysis.metrics import METRICS, compare, estimates, metric
 from analysis.policy import decide
 from analysis.stats.bernoulli import histogram_quantile
+from analysis.stats.delta import ratio_estimate
 from analysis.steps import next_step, share_changed
 from analysis.types import (
     Decision,
@@ -83,6 +84,25 @@ class Marker(BaseModel):
     label: str
 
 
+class PeriodRow(BaseModel):
+    """One period of the experiment (a span of fixed share and targets) with the primary
+    metric estimated within it, and the weight the period got in the combined test."""
+
+    model_config = ConfigDict(frozen=True)
+
+    period: int
+    started_at: float | None = None
+    share: float | None = None
+    treatment_model: str = ""
+    units: dict[str, int] = Field(default_factory=dict)
+    control: float | None = None
+    treatment: float | None = None
+    difference: float | None = None
+    weight: float | None = Field(
+        default=None, description="Share of the combined estimate (None: not combined)"
+    )
+
+
 class Report(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -110,6 +130,9 @@ class Report(BaseModel):
         default_factory=list, description="Every share change in the audit log, oldest first"
     )
     markers: list[Marker] = Field(default_factory=list, description="Treatment swaps")
+    periods: list[PeriodRow] = Field(
+        default_factory=list, description="The periods with data, oldest first"
+    )
     step: StepState | None = Field(
         default=None, description="The ramp step the SRM check and the minimums look at"
     )
@@ -229,18 +252,46 @@ def share_changes(audit: list[dict[str, Any]]) -> list[ShareChange]:
 
 
 def swap_markers(audit: list[dict[str, Any]]) -> list[Marker]:
-    """A marker per treatment swap: from then on the treatment arm is another adapter, and
-    the report's numbers mix both."""
+    """A marker per treatment swap (the `swap` action, or any change of the treatment's model):
+    from then on the treatment arm is another adapter, in a new period."""
     out: list[Marker] = []
     for a in audit:
-        if a.get("action") != "swap":
-            continue
         model = [
             ((a.get(k) or {}).get("treatment") or {}).get("model") for k in ("before", "after")
         ]
+        if a.get("action") != "swap" and (model[0] is None or model[0] == model[1]):
+            continue
         out.append(
             Marker(t=float(a.get("ts", 0)), kind="swap", label=f"swap {model[0]} -> {model[1]}")
         )
+    return out
+
+
+def period_rows(
+    snapshot: ExperimentSnapshot, policy: Policy, records: list[dict[str, Any]]
+) -> list[PeriodRow]:
+    """The periods with data (`snapshot.periods`), with their records (router/control/
+    periods.py: start, share, treatment model) and the primary metric within each."""
+    try:
+        m = metric(policy.primary_metric)
+    except KeyError:
+        return []
+    fixed = compare(snapshot, policy.primary_metric, sequential=False, alpha=policy.alpha,
+                    min_units=policy.min_evidence_units)  # fmt: skip
+    weights = {p.period: p.weight for p in fixed.periods}
+    known = {int(r.get("period", -1)): r for r in records}
+    out: list[PeriodRow] = []
+    for p in snapshot.periods:
+        rec = known.get(p.period, {})
+        c = ratio_estimate(p.control, m.numerator, m.denominator)
+        t = ratio_estimate(p.treatment, m.numerator, m.denominator)
+        out.append(PeriodRow(
+            period=p.period, started_at=rec.get("started_at"), share=rec.get("share"),
+            treatment_model=str(rec.get("treatment", "")),
+            units={"control": p.control.units, "treatment": p.treatment.units},
+            control=c.value if c else None, treatment=t.value if t else None,
+            difference=t.value - c.value if c and t else None, weight=weights.get(p.period),
+        ))  # fmt: skip
     return out
 
 
@@ -264,6 +315,7 @@ def _report_step(
         stored, share=share, resumed_at=resumed_at, control_units=c.units,
         treatment_units=t.units, moved_in=t.moved_in, control_moved_in=c.moved_in, now=now,
         changed=stored is None and share_changed(audit),
+        period=int(experiment.get("period") or 0),
     )  # fmt: skip
     if step is stored:
         return step, ""
@@ -285,9 +337,11 @@ def build_report(
     now: float,
     step: StepState | None = None,
     looks: LookMemory | None = None,
+    periods: list[dict[str, Any]] | None = None,
 ) -> Report:
     """`audit` oldest first; `step` the controller's stored step and `looks` its look memory
-    (router/keys.py), if any.
+    (router/keys.py), if any; `periods` the experiment's period records
+    (router/control/periods.py).
 
     The evidence rules are the controller's: metrics are tested from `min_evidence_units`
     units with data per arm, the primary metric and the guardrails with the controller's look
@@ -375,6 +429,7 @@ def build_report(
         audit=audit,
         shares=changes,
         markers=swap_markers(audit),
+        periods=period_rows(snapshot, policy, periods or []),
         step=current,
         step_note=step_note,
         # what the policy would do: only meaningful while the controller still evaluates it

@@ -198,9 +198,24 @@ def render_html(report: Report) -> str:
         or "<tr><td colspan='5'>none recorded</td></tr>"
     )
     swaps = "".join(
-        f"<p class='warn'>{_when(m.t)} UTC: {html.escape(m.label)}: the treatment's numbers "
-        "mix both adapters.</p>"
+        f"<p class='warn'>{_when(m.t)} UTC: {html.escape(m.label)}: a new period and a new "
+        "ramp step; the cumulative numbers mix both adapters, the test compares the arms "
+        "within periods.</p>"
         for m in r.markers
+    )
+    periods = (
+        "".join(
+            f"<tr><td>{p.period}</td>"
+            f"<td>{_when(p.started_at) if p.started_at is not None else '-'}</td>"
+            f"<td>{'-' if p.share is None else f'{p.share:g} %'}</td>"
+            f"<td>{html.escape(p.treatment_model)}</td>"
+            f"<td>{p.units.get('control', 0)} / {p.units.get('treatment', 0)}</td>"
+            f"<td>{_fmt(p.control)}</td><td>{_fmt(p.treatment)}</td>"
+            f"<td>{_fmt(p.difference)}</td>"
+            f"<td>{'-' if p.weight is None else f'{p.weight:.0%}'}</td></tr>"
+            for p in r.periods
+        )
+        or "<tr><td colspan='9'>none recorded</td></tr>"
     )
     step = r.step
     step_text = (
@@ -254,6 +269,13 @@ Generated {_when(r.generated_at)} UTC.</p>
 controller tests them.</p>{step_text}{outlook}
 <h2>Over time</h2>{swaps}
 {share_chart}{primary_chart}{diff_chart}{guard_chart}
+<h2>Periods</h2>
+<p>A period starts with every change of the share or of a target and with a resume; with two
+or more, {html.escape(r.policy.primary_metric)} is tested on the periods' differences, each
+weighted by its precision (the weight).</p>
+<table><tr><th>period</th><th>since (UTC)</th><th>share</th><th>treatment</th>
+<th>units c / t</th><th>control</th><th>treatment</th><th>difference</th><th>weight</th></tr>
+{periods}</table>
 <h2>Share changes</h2>
 <table><tr><th>time (UTC)</th><th>share</th><th>action</th><th>actor</th><th>why</th></tr>
 {changes}</table>

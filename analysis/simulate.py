@@ -21,10 +21,19 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import stats
 
+from analysis.metrics import compare
 from analysis.policy import decide, srm_check
 from analysis.stats.delta import ratio_from_sums_np
 from analysis.stats.srm import log_bayes_factor, step_weight
-from analysis.types import ArmSnapshot, ExperimentSnapshot, Policy, StepState, UnitSums
+from analysis.types import (
+    ArmSnapshot,
+    ExperimentSnapshot,
+    LookMemory,
+    PeriodSums,
+    Policy,
+    StepState,
+    UnitSums,
+)
 
 Outcome = Literal["thumbs_up", "error"]
 HOURS_PER_DAY = 24.0
@@ -188,8 +197,9 @@ class PolicyModel:
     hash position in [0, 100) so that a share increase moves some of them from control to
     treatment as the gateway does; 1 + Poisson(`extra_requests`) requests each, the first at
     arrival, the others uniform over the rest of `days`. A request is voted on with probability
-    `vote_rate`, a thumbs-up with the user's per-arm probability Beta(c·m, c·(1 − m)), and fails
-    with the arm's error probability."""
+    `vote_rate`, a thumbs-up with the user's per-arm probability Beta(c·m, c·(1 − m)) plus
+    `drift` × (its time / `days`) (a change over time in both arms, e.g. +0.04: four points
+    over the whole span), and fails with the arm's error probability."""
 
     days: float = 14.0
     users_per_day: int = 2000
@@ -200,6 +210,7 @@ class PolicyModel:
     concentration: float = 10.0
     error_control: float = 0.01
     error_treatment: float = 0.01
+    drift: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +220,92 @@ class PolicyRun:
     share: float  # the share when it was taken
     treatment_requests: int
     reasons: tuple[str, ...]
+    # the primary metric's fixed-horizon estimate at the look at `estimate_at_hours` (NaN: not
+    # asked, or the run ended before)
+    estimate: float = float("nan")
+    estimate_se: float = float("nan")
+
+
+SIM_FIELDS = ("requests", "votes", "fb:thumbs_up", "errors")
+_PAIRS = (("errors", "requests"), ("fb:thumbs_up", "requests"), ("votes", "requests"),
+          ("fb:thumbs_up", "votes"))  # fmt: skip
+_DENOMINATORS = ("requests", "votes")
+
+
+class RunningSums:
+    """The sums over units of per-unit totals (`SIM_FIELDS`), kept as the Lua scripts keep
+    them: each update changes them by the difference of the touched units' old and new totals,
+    so a look costs O(units touched since the last one), not O(all units). The totals are
+    integers, so the sums are exact and equal to a recomputation over every unit."""
+
+    def __init__(self) -> None:
+        self.units = 0
+        self.s1 = dict.fromkeys(SIM_FIELDS, 0.0)
+        self.s2 = dict.fromkeys(SIM_FIELDS, 0.0)
+        self.cross = {f"{a}|{b}": 0.0 for a, b in _PAIRS}
+        self.nonzero = dict.fromkeys(_DENOMINATORS, 0)
+
+    def change(self, old: dict[str, NDArray[Any]], new: dict[str, NDArray[Any]]) -> None:
+        """Totals of some distinct units went from `old` to `new` (arrays per field)."""
+        for f in SIM_FIELDS:
+            self.s1[f] += float(new[f].sum() - old[f].sum())
+            self.s2[f] += float(new[f] @ new[f] - old[f] @ old[f])
+        for a, b in _PAIRS:
+            self.cross[f"{a}|{b}"] += float(new[a] @ new[b] - old[a] @ old[b])
+        for d in _DENOMINATORS:
+            self.nonzero[d] += int(np.count_nonzero(new[d]) - np.count_nonzero(old[d]))
+
+    def snapshot(self, moved_in: int = 0) -> UnitSums:
+        # built without validation (it is called at every look; the values are ours)
+        return UnitSums.model_construct(
+            units=self.units, moved_in=moved_in, s1=dict(self.s1), s2=dict(self.s2),
+            cross=dict(self.cross), nonzero=dict(self.nonzero),
+        )  # fmt: skip
+
+
+def recomputed(totals: dict[str, NDArray[Any]], units: int, moved_in: int = 0) -> UnitSums:
+    """The same sums computed over every unit at once (`totals`: per field, one entry per unit,
+    zero for units not seen): the reference `RunningSums` is tested against."""
+    return UnitSums(
+        units=units, moved_in=moved_in,
+        s1={f: float(totals[f].sum()) for f in SIM_FIELDS},
+        s2={f: float(totals[f] @ totals[f]) for f in SIM_FIELDS},
+        cross={f"{a}|{b}": float(totals[a] @ totals[b]) for a, b in _PAIRS},
+        nonzero={d: int(np.count_nonzero(totals[d])) for d in _DENOMINATORS},
+    )  # fmt: skip
+
+
+class _Arm:
+    """One arm's per-user totals, cumulative and of each user's current period, with the
+    running sums over users, as router/signals/lua.py keeps them."""
+
+    def __init__(self, n_users: int) -> None:
+        self.acc = {f: np.zeros(n_users) for f in SIM_FIELDS}
+        self.pacc = {f: np.zeros(n_users) for f in SIM_FIELDS}
+        self.seen = np.zeros(n_users, dtype=bool)
+        self.period_of = np.full(n_users, -1, dtype=np.int64)
+        self.moved = 0
+        self.sums = RunningSums()
+        self.periods: dict[int, RunningSums] = {}
+
+    def record(self, users: NDArray[Any], values: dict[str, NDArray[Any]], period: int) -> None:
+        """Requests of `users` (one entry per request) in `period`, with their field values."""
+        touched = np.unique(users)
+        self.sums.units += int(np.count_nonzero(~self.seen[touched]))
+        self.seen[touched] = True
+        old = {f: self.acc[f][touched] for f in SIM_FIELDS}
+        fresh = touched[self.period_of[touched] != period]
+        for f in SIM_FIELDS:
+            self.pacc[f][fresh] = 0.0
+        self.period_of[fresh] = period
+        sums = self.periods.setdefault(period, RunningSums())
+        sums.units += len(fresh)
+        pold = {f: self.pacc[f][touched] for f in SIM_FIELDS}
+        for f in SIM_FIELDS:
+            np.add.at(self.acc[f], users, values[f])
+            np.add.at(self.pacc[f], users, values[f])
+        self.sums.change(old, {f: self.acc[f][touched] for f in SIM_FIELDS})
+        sums.change(pold, {f: self.pacc[f][touched] for f in SIM_FIELDS})
 
 
 def simulate_policy(
@@ -220,9 +317,15 @@ def simulate_policy(
     ramp_steps: tuple[float, ...] = (5.0, 10.0, 25.0, 50.0, 100.0),
     look_every_hours: float = 1.0,
     horizon_hours: float | None = None,
+    by_period: bool = True,
+    estimate_at_hours: float | None = None,
+    check_sums: bool = False,
 ) -> PolicyRun:
     """Run the real `decide` at every look on the sums the gateway would hold, applying its
-    advances (a new step, as the controller keeps it) until a final action or the horizon."""
+    advances (a new step and a new period, as the controller and the store keep them) until a
+    final action or the horizon. `by_period=False` leaves the per-period sums out of the
+    snapshots (the pooled estimate, for comparison); `check_sums` checks the running sums
+    against a recomputation over every user at every look (slow; for tests)."""
     total = model.days * HOURS_PER_DAY
     last = total if horizon_hours is None else min(total, horizon_hours)
     n_users = round(last / HOURS_PER_DAY * model.users_per_day)
@@ -245,36 +348,24 @@ def simulate_policy(
     user, t = user[order], t[order]
     voted = (rng.random(len(user)) < model.vote_rate).astype(np.float64)
     draw = rng.random(len(user))
-    up = np.stack([(draw < p_up[a][user]) * voted for a in (0, 1)]).astype(np.float64)
+    shift = model.drift * t / total if model.drift else 0.0
+    up = np.stack([(draw < p_up[a][user] + shift) * voted for a in (0, 1)]).astype(np.float64)
     edraw = rng.random(len(user))
     err = np.stack([
         (edraw < model.error_control).astype(np.float64),
         (edraw < model.error_treatment).astype(np.float64),
     ])  # fmt: skip
 
-    fields = ("requests", "votes", "fb:thumbs_up", "errors")
-    acc = {f: np.zeros((2, n_users)) for f in fields}
-    seen = np.zeros((2, n_users), dtype=bool)
-    moved = [0, 0]
+    arms = (_Arm(n_users), _Arm(n_users))
     share = start_share
+    period = 0
+    memory: LookMemory | None = None
     step = StepState(share=share, started_at=0.0)
     looks = np.arange(look_every_hours, last + 1e-9, look_every_hours)
     bounds = np.searchsorted(t, looks, side="right")
     lo = 0
-
-    def sums(a: int) -> UnitSums:
-        y = {f: acc[f][a] for f in fields}
-        s1 = {f: float(v.sum()) for f, v in y.items()}
-        s2 = {f: float(v @ v) for f, v in y.items()}
-        cross = {
-            "errors|requests": float(y["errors"] @ y["requests"]),
-            "fb:thumbs_up|requests": float(y["fb:thumbs_up"] @ y["requests"]),
-            "votes|requests": float(y["votes"] @ y["requests"]),
-            "fb:thumbs_up|votes": float(y["fb:thumbs_up"] @ y["votes"]),
-        }
-        nonzero = {d: int(np.count_nonzero(y[d])) for d in ("requests", "votes")}
-        return UnitSums(units=int(seen[a].sum()), moved_in=moved[a], s1=s1, s2=s2, cross=cross,
-                        nonzero=nonzero)  # fmt: skip
+    estimate = (float("nan"), float("nan"))
+    closed: list[PeriodSums] = []
 
     for hour, hi in zip(looks, bounds, strict=True):
         if hi > lo:
@@ -283,33 +374,66 @@ def simulate_policy(
             for a in (0, 1):
                 sel = arm == a
                 ua = u[sel]
-                new = np.unique(ua[~seen[a][ua]])
-                moved[a] += int(np.count_nonzero(seen[1 - a][new]))
-                seen[a][new] = True
-                np.add.at(acc["requests"][a], ua, 1.0)
+                new = np.unique(ua[~arms[a].seen[ua]])
+                arms[a].moved += int(np.count_nonzero(arms[1 - a].seen[new]))
                 idx = np.arange(lo, hi)[sel]
-                np.add.at(acc["votes"][a], ua, voted[idx])
-                np.add.at(acc["fb:thumbs_up"][a], ua, up[a][idx])
-                np.add.at(acc["errors"][a], ua, err[a][idx])
+                values = {"requests": np.ones(len(ua)), "votes": voted[idx],
+                          "fb:thumbs_up": up[a][idx], "errors": err[a][idx]}  # fmt: skip
+                arms[a].record(ua, values, period)
             lo = hi
         now = float(hour) * 3600
-        c, tr = sums(0), sums(1)
+        c, tr = (arms[a].sums.snapshot(arms[a].moved) for a in (0, 1))
+        if check_sums:
+            for a, got in ((0, c), (1, tr)):
+                x = arms[a]
+                assert got == recomputed(x.acc, int(x.seen.sum()), x.moved)
+                # the current period's, exactly; together, every period's Σ y is the total's
+                pt = {f: np.where(x.period_of == period, x.pacc[f], 0.0) for f in SIM_FIELDS}
+                if period in x.periods:
+                    assert x.periods[period].snapshot() == recomputed(
+                        pt, int(np.count_nonzero(x.period_of == period))
+                    )
+                for f in SIM_FIELDS:
+                    assert sum(ps.s1[f] for ps in x.periods.values()) == got.s1[f]
+        # an ended period's sums are final (no event of it arrives later): kept from its end
+        periods = [*closed, _period_sums(arms, period)] if by_period else []
         snap = ExperimentSnapshot(
             experiment="sim", route="sim", treatment_percent=share, taken_at=now,
-            control=ArmSnapshot(units=c), treatment=ArmSnapshot(units=tr),
+            control=ArmSnapshot(units=c), treatment=ArmSnapshot(units=tr), period=period,
+            periods=periods,
         )  # fmt: skip
-        d = decide(policy, snap, step, now, list(ramp_steps))
+        if estimate_at_hours is not None and abs(hour - estimate_at_hours) < 1e-9:
+            estimate = _estimate(policy, snap)
+        d = decide(policy, snap, step, now, list(ramp_steps), looks=memory)
+        memory = d.looks  # the look memory, as the controller keeps it
         if d.action == "advance":
             share = next(s for s in ramp_steps if s > share)
+            closed.append(_period_sums(arms, period))
+            period += 1
             step = StepState(
                 share=share, started_at=now, control_units_at_start=c.units,
                 treatment_units_at_start=tr.units, moved_in_at_start=tr.moved_in,
-                control_moved_in_at_start=c.moved_in, index=step.index + 1,
+                control_moved_in_at_start=c.moved_in, index=step.index + 1, period=period,
             )  # fmt: skip
         elif d.action != "hold":
             return PolicyRun(d.action, float(hour), share, int(tr.total("requests")),
-                             tuple(d.reasons))  # fmt: skip
-    return PolicyRun("hold", last, share, int(acc["requests"][1].sum()), ())
+                             tuple(d.reasons), *estimate)  # fmt: skip
+    return PolicyRun("hold", last, share, int(arms[1].acc["requests"].sum()), (), *estimate)
+
+
+def _period_sums(arms: tuple[_Arm, _Arm], period: int) -> PeriodSums:
+    control, treatment = (a.periods.get(period, RunningSums()).snapshot() for a in arms)
+    return PeriodSums(period=period, control=control, treatment=treatment)
+
+
+def _estimate(policy: Policy, snap: ExperimentSnapshot) -> tuple[float, float]:
+    """The primary metric's fixed-horizon difference and its standard error."""
+    test = compare(snap, policy.primary_metric, sequential=False, alpha=policy.alpha,
+                   min_units=policy.min_evidence_units).test  # fmt: skip
+    if test.status != "ok" or test.difference is None or test.interval is None:
+        return float("nan"), float("nan")
+    q = float(stats.norm.ppf(1 - policy.alpha / 2))
+    return test.difference, (test.interval.high - test.interval.low) / (2 * q)
 
 
 # -- SRM through a ramp, checked every minute (analysis/policy.py `srm_check`) ---------------------

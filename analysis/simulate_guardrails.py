@@ -27,6 +27,7 @@ from analysis.types import (
     ArmSnapshot,
     ArmTotals,
     ExperimentSnapshot,
+    LookMemory,
     Policy,
     StepState,
     UnitSums,
@@ -110,6 +111,7 @@ def simulate_guardrail_policy(
     seen = np.zeros((2, n_users), dtype=bool)
     moved = [0, 0]
     share = start_share
+    memory: LookMemory | None = None
     step = StepState(share=share, started_at=0.0)
     looks = np.arange(look_every_hours, last + 1e-9, look_every_hours)
     bounds = np.searchsorted(t, looks, side="right")
@@ -150,7 +152,8 @@ def simulate_guardrail_policy(
         c, tr = arm(0), arm(1)
         snap = ExperimentSnapshot(experiment="sim", route="sim", treatment_percent=share,
                                   taken_at=now, control=c, treatment=tr)  # fmt: skip
-        d = decide(policy, snap, step, now, list(ramp_steps))
+        d = decide(policy, snap, step, now, list(ramp_steps), looks=memory)
+        memory = d.looks  # the look memory, as the controller keeps it
         if d.action == "advance":
             share = next(s for s in ramp_steps if s > share)
             step = StepState(

@@ -139,6 +139,18 @@ class ArmSnapshot(BaseModel):
     minutes: list[MinutePoint] = Field(default_factory=list)
 
 
+class PeriodSums(BaseModel):
+    """The unit-level sums of one period of the experiment: the span between two changes of
+    its treatment share, its treatment target or a resume (router/experiments.py `period`).
+    Each unit's totals count in the period in which they were made."""
+
+    model_config = ConfigDict(frozen=True)
+
+    period: int = Field(ge=0)
+    control: UnitSums = Field(default_factory=UnitSums)
+    treatment: UnitSums = Field(default_factory=UnitSums)
+
+
 class ExperimentSnapshot(BaseModel):
     """Everything the statistics need about one experiment, read at one moment."""
 
@@ -151,6 +163,12 @@ class ExperimentSnapshot(BaseModel):
     control: ArmSnapshot = Field(default_factory=ArmSnapshot)
     treatment: ArmSnapshot = Field(default_factory=ArmSnapshot)
     signals: tuple[str, ...] = BUILTIN_SIGNALS
+    period: int = Field(default=0, ge=0, description="The experiment's current period")
+    periods: list[PeriodSums] = Field(
+        default_factory=list,
+        description="Per-period sums, oldest first, for every period with data (empty: sums "
+        "written before periods existed; the cumulative sums are then the only estimate)",
+    )
 
 
 # -- results of the statistics (analysis/stats) -------------------------------------------------
@@ -197,6 +215,19 @@ class TestResult(BaseModel):
     alpha: float = 0.05
 
 
+class PeriodEstimate(BaseModel):
+    """Treatment − control in one period, with the weight it got in the combined estimate."""
+
+    model_config = ConfigDict(frozen=True)
+
+    period: int
+    control: Estimate
+    treatment: Estimate
+    difference: float
+    variance: float = Field(description="Of the difference (each arm floored as in `compare`)")
+    weight: float = Field(description="Share of the inverse-variance weight, 0 when skipped")
+
+
 class MetricComparison(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -204,6 +235,10 @@ class MetricComparison(BaseModel):
     control: Estimate | None = None
     treatment: Estimate | None = None
     test: TestResult
+    periods: list[PeriodEstimate] = Field(
+        default_factory=list,
+        description="Per-period estimates when the test combined two or more periods",
+    )
 
 
 class SRMResult(BaseModel):
@@ -335,6 +370,9 @@ class StepState(BaseModel):
     )
     resumed_at: float = Field(
         default=0.0, description="The experiment's `resumed_at` when the step started"
+    )
+    period: int = Field(
+        default=0, ge=0, description="The experiment's period when the step started"
     )
 
 

@@ -17,7 +17,10 @@ sums the gateway keeps, ramping 5 -> 10 -> 25 -> 50 % as the controller does; `-
    guardrail margin (hourly looks, 14 days): how often it is promoted (target <= alpha), and a
    harmless winner (error rate 1 % in both arms) for comparison.
 6. Thin evidence: an A/A at a 5 % share with a look every 60 s over the first 12 hours, and
-   an A/A through the whole ramp with hourly looks over 14 days: how often the policy acts.
+   an A/A through the whole ramp with hourly looks over 14 days: how often the policy acts;
+   and that A/A with a thumbs-up rate drifting +4 points over the 14 days in both arms: how
+   often it is promoted, and the bias of the difference at day 7 in standard errors, with the
+   per-period estimates against the sums pooled over the ramp.
    `aa_minute` (its own `--aa-minute-reps`, slow: 20,160 looks per replication): the A/A from
    a 5 % share with a look every 60 s over the whole 14 days, as the controller looks by
    default: how often and when the policy acts (promotions, rollbacks, pauses).
@@ -78,7 +81,9 @@ SRM_THRESHOLD = 0.001
 # the policy scenarios: the defaults (200 new units per arm and an hour per step, alpha 5 %,
 # 20 units with data per arm before any test acts) with the error-rate guardrail alone
 POLICY = Policy(guardrails=[GuardrailSpec(metric="error_rate", margin=ERROR_MARGIN)])
-POLICY_SCENARIOS = ("harmful", "winner", "aa_fast", "aa_policy")
+POLICY_SCENARIOS = ("harmful", "winner", "aa_fast", "aa_policy", "aa_drift")
+# the A/A with a drift: thumbs-up +4 points over the 14 days in both arms, through the ramp
+DRIFT = 0.04
 # the A/A through the whole ramp with a look every 60 s for 14 days (`--aa-minute-reps`)
 AA_MINUTE = "aa_minute"
 # SRM through correct ramps 5 -> 10 -> 25 -> 50 %, checked every 60 s for 14 days (`--srm-reps`),
@@ -132,6 +137,17 @@ def _scenario(args: tuple[str, int, int]) -> dict[str, list[float]]:
             put("detected", float(len(breach) > 0))
             put("requests", float(sums.sn[breach[0], 1]) if len(breach) else np.nan)
             put("hours", float(sums.hours[breach[0]]) if len(breach) else np.nan)
+        elif name == "aa_drift":
+            # the same population through the policy twice: per-period estimates (abgate) and
+            # the sums pooled over the ramp (the estimate before periods, for comparison)
+            seed_ = int(rng.integers(2**63))
+            for suffix, by_period in (("", True), ("_pooled", False)):
+                run_ = simulate_policy(PolicyModel(drift=DRIFT), POLICY,
+                                       np.random.default_rng(seed_), by_period=by_period,
+                                       estimate_at_hours=7 * 24)  # fmt: skip
+                put("promote" + suffix, float(run_.action == "promote"))
+                put("any" + suffix, float(run_.action != "hold"))
+                put("z7" + suffix, run_.estimate / run_.estimate_se)
         elif name in (*POLICY_SCENARIOS, AA_MINUTE):
             if name == AA_MINUTE:
                 run_ = simulate_policy(PolicyModel(), POLICY, rng, look_every_hours=1 / 60)
@@ -280,6 +296,12 @@ def _median(x: np.ndarray) -> str:
     return f"{np.median(finite):.0f}" if len(finite) else "-"
 
 
+def _mean_ci(x: np.ndarray) -> str:
+    """± the 95 % normal half-width of the mean of the finite values."""
+    v = x[np.isfinite(x)]
+    return f"± {1.96 * float(np.std(v)) / np.sqrt(max(len(v), 1)):.2f}"
+
+
 def _se(x: np.ndarray) -> str:
     p = float(np.mean(x))
     return f"± {100 * 1.96 * np.sqrt(p * (1 - p) / len(x)):.1f}"
@@ -369,12 +391,28 @@ def _rows(name: str, x: dict[str, Any]) -> list[Row]:
     if name == AA_MINUTE:
         any_ = np.maximum.reduce([x["promote"], x["rollback"], x["pause"]])
         return [
-            ("6c. A/A, whole ramp from 5 %, a look every 60 s, 14 days: any action", _pct(any_),
+            ("6d. A/A, whole ramp from 5 %, a look every 60 s, 14 days: any action", _pct(any_),
              _ci(any_)),
             ("   ... rolled back", _pct(x["rollback"]), _ci(x["rollback"])),
             ("   ... promoted", _pct(x["promote"]), _ci(x["promote"])),
             ("   ... paused (SRM)", _pct(x["pause"]), _ci(x["pause"])),
             ("   ... median hour of the actions", _median(x["hours"]), ""),
+        ]  # fmt: skip
+    if name == "aa_drift":
+        return [
+            ("6c. A/A, thumbs-up drifting +4 points over 14 days in both arms, ramp from 5 %, "
+             "hourly looks: promoted (baseline: 6b, no drift)", _pct(x["promote"]),
+             _ci(x["promote"])),
+            ("   ... any action (promote, rollback, pause)", _pct(x["any"]), _ci(x["any"])),
+            ("   ... difference at day 7 in standard errors, mean (target 0)",
+             f"{np.nanmean(x['z7']):+.2f}", _mean_ci(x["z7"])),
+            ("   ... its standard deviation (1 when the variance is right)",
+             f"{np.nanstd(x['z7']):.2f}", ""),
+            ("   the same with the sums pooled over the ramp: promoted",
+             _pct(x["promote_pooled"]), _ci(x["promote_pooled"])),
+            ("   ... difference at day 7 in standard errors, mean",
+             f"{np.nanmean(x['z7_pooled']):+.2f}", _mean_ci(x["z7_pooled"])),
+            ("   ... its standard deviation", f"{np.nanstd(x['z7_pooled']):.2f}", ""),
         ]  # fmt: skip
     if name == "srm_ramp":
         return [

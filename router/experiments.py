@@ -242,6 +242,12 @@ class Experiment(BaseModel):
         description="When the experiment was last resumed (the controller "
         "starts a new ramp step then)",
     )
+    period: int = Field(
+        default=0,
+        ge=0,
+        description="Bumped by the store whenever the treatment share or target changes or the "
+        "experiment is resumed; events carry it, and the sums are kept per period",
+    )
 
     @field_validator("signals")
     @classmethod
@@ -324,7 +330,7 @@ class Experiment(BaseModel):
         return self.salt if self.salt is not None else self.name
 
 
-BOOKKEEPING = frozenset({"version", "state_reason", "updated_at", "resumed_at"})
+BOOKKEEPING = frozenset({"version", "state_reason", "updated_at", "resumed_at", "period"})
 
 
 def differing_fields(a: Experiment, b: Experiment) -> list[str]:

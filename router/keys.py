@@ -75,6 +75,19 @@ def unit_sums(name: str, arm: str) -> str:
     return f"{experiment_tag(name)}units:{arm}"
 
 
+def period_sums(name: str, arm: str) -> str:
+    """Hash of the sums over units per period of the experiment: ``<period>:n``,
+    ``<period>:s1:<field>``, ... (the fields of `unit_sums` after ``<period>:``, without
+    ``moved_in``). One key per arm, whatever the number of periods."""
+    return f"{experiment_tag(name)}periods:{arm}"
+
+
+def periods(name: str) -> str:
+    """Hash of the experiment's periods: period -> JSON ``{"started_at", "share", "treatment"}``
+    (router/control/store.py writes it with every change that starts a period)."""
+    return experiment_tag(name) + "periods"
+
+
 def unit_totals(name: str, arm: str) -> str:
     """Hash of every unit's totals in one arm: field = unit id, value = its encoded totals
     (router/signals/lua.py). One key per arm, so that the end of the experiment expires a
@@ -138,6 +151,7 @@ local function request_key(rid) return '{_REQUEST}' .. rid end
 local function arm_key(tag, arm) return tag .. 'arm:' .. arm end
 local function unit_sums_key(tag, arm) return tag .. 'units:' .. arm end
 local function unit_key(tag, arm) return tag .. 'unit:' .. arm end
+local function periods_key(tag, arm) return tag .. 'periods:' .. arm end
 local function minute_key(tag, arm, m) return tag .. 'minute:' .. arm .. ':' .. m end
 local function events_key(tag) return tag .. 'events' end
 local function feedback_key(tag, rid) return tag .. 'fb:' .. rid end
@@ -189,14 +203,23 @@ SCHEMA: tuple[KeyDoc, ...] = (
            "`requests, errors, client_closed, latency_ms_sum, completion_tokens, feedback`"),
     KeyDoc(unit_totals("<exp>", "<arm>"), "hash", _ENDED, "event writer, feedback",
            "unit id -> the unit's totals (at most `ABGATE_MAX_UNITS_PER_ARM` units, about "
-           "200 bytes each), `requests=3,latency_ms=812.5,...` with the fields "
+           "350 bytes each), `requests=3,latency_ms=812.5,...` with the fields "
            "`requests, errors, client_closed, latency_ms, ttft_ms, ttft_n, prompt_tokens, "
-           "completion_tokens, cost_usd, votes, fb:<signal>, fv:<signal>`"),
+           "completion_tokens, cost_usd, votes, fb:<signal>, fv:<signal>`, and those of the "
+           "unit's current period: `@p=<period>`, `p.<field>=<value>`"),
     KeyDoc(unit_sums("<exp>", "<arm>"), "hash", _KEPT, "event writer, feedback",
            "`n` (distinct units), `moved_in`, `s1:<field>` Σy, `s2:<field>` Σy², "
            "`x:<num>|<den>` Σy·n for every field with `requests`, and `ttft_ms|ttft_n`, "
            "`fb:thumbs_up|votes`, `fb:thumbs_down|votes`; `nz:<den>` units whose `requests`, "
            "`votes` or `ttft_n` is non-zero"),
+    KeyDoc(period_sums("<exp>", "<arm>"), "hash", _KEPT, "event writer, feedback",
+           "the sums over units of each period: `<period>:n`, `<period>:s1:<field>`, "
+           "`<period>:s2:<field>`, `<period>:x:<num>|<den>`, `<period>:nz:<den>`; a unit "
+           "counts in the period of its events (its totals field keeps those of its current "
+           "period: `@p=<period>`, `p.<field>=<value>`)"),
+    KeyDoc(periods("<exp>"), "hash", _KEPT, "config store",
+           "period -> JSON `{started_at, share, treatment}`: a new period starts with every "
+           "change of the treatment share or target and with a resume"),
     KeyDoc(feedback_seen("<exp>", "<request_id>"), "set", "TTL = feedback window", "feedback",
            "signals already recorded for the request (duplicates are answered 200)"),
     KeyDoc(last_prompt("<exp>", "<unit>"), "hash", "TTL = regeneration window", "event writer",

@@ -20,6 +20,7 @@ from router.admin.deps import (
     require_experiment,
 )
 from router.control.controller import read_looks, read_step
+from router.control.periods import read_periods
 from router.control.store import read_audit
 from router.secrets import mask_experiment
 from router.signals.readmodel import read_snapshot
@@ -53,6 +54,8 @@ async def report(name: ExperimentName, gateway: GatewayDep) -> Report:
     step = await read_step(gateway.redis, name)  # the controller's: same SRM, same units
     looks = await read_looks(gateway.redis, name)  # and the same always-valid tests
     shown = mask_experiment(exp).model_dump(mode="json")
+    periods = await read_periods(gateway.redis, name)
     return build_report(
-        shown, snap, decisions, list(reversed(audit_rows)), time.time(), step, looks
-    )
+        shown, snap, decisions, list(reversed(audit_rows)), time.time(), step, looks,
+        periods=periods,
+    )  # fmt: skip

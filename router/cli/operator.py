@@ -205,7 +205,7 @@ def summarise(before: dict[str, Any] | None, after: dict[str, Any] | None) -> st
         return "created"
     if after is None:
         return "deleted"
-    skip = {"version", "updated_at", "state_reason", "resumed_at"}
+    skip = {"version", "updated_at", "state_reason", "resumed_at", "period"}
     parts = [
         f"{k}: {before.get(k)!s} -> {after.get(k)!s}"
         for k in after

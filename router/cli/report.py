@@ -127,7 +127,20 @@ def show(rep: dict[str, Any]) -> None:
         console.print(f"  {_when(c['t'])} {c['share']:g}% {c['action']}{who}", markup=False)
     for m in rep.get("markers") or []:
         console.print(
-            f"  {_when(m['t'])} {m['label']}: the treatment's numbers mix both adapters",
+            f"  {_when(m['t'])} {m['label']}: a new period and ramp step (the cumulative "
+            "numbers mix both adapters; the test compares the arms within periods)",
+            markup=False,
+        )
+    periods = rep.get("periods") or []
+    if len(periods) > 1:
+        console.print("periods (primary metric within each):", markup=False)
+    for p in periods if len(periods) > 1 else []:
+        since = "-" if p.get("started_at") is None else _when(p["started_at"])
+        share = "-" if p.get("share") is None else f"{p['share']:g}%"
+        weight = "-" if p.get("weight") is None else f"{p['weight']:.0%}"
+        console.print(
+            f"  {p['period']}: since {since}, {share}, {p.get('treatment_model', '')}: "
+            f"difference {_num(p.get('difference'))} (weight {weight})",
             markup=False,
         )
     if rep["decisions"]:

@@ -263,7 +263,7 @@ class Controller:
         step = next_step(
             stored, share=exp.treatment_percent, resumed_at=exp.resumed_at,
             control_units=c_units, treatment_units=t_units, moved_in=moved,
-            control_moved_in=control_moved, now=now, changed=changed,
+            control_moved_in=control_moved, now=now, changed=changed, period=exp.period,
         )  # fmt: skip
         if step is stored:
             await self.redis.expire(key, keep)

@@ -62,6 +62,8 @@ def experiment_keys(name: str) -> tuple[str, ...]:
         *retained_keys(name),
         *(keys.arm_totals(name, arm) for arm in ("control", "treatment")),
         *(keys.unit_sums(name, arm) for arm in ("control", "treatment")),
+        *(keys.period_sums(name, arm) for arm in ("control", "treatment")),
+        keys.periods(name),
         keys.captures(name),
         keys.decisions(name),
         keys.ended(name),

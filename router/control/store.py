@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from redis.exceptions import WatchError
 
 from router import keys
+from router.control import periods
 from router.control.retention import Retention, queue_lifetimes
 from router.errors import ConfigError
 from router.experiments import Experiment, check_unique, differing_fields
@@ -135,6 +136,11 @@ class ConfigStore:
                     experiments, entries = mutate(dict(current.experiments))
                     if not entries:
                         return current
+                    started = periods.stamp(current.experiments, experiments, time.time())
+                    for entry in entries:
+                        new_exp = experiments.get(entry.experiment)
+                        if isinstance(entry.after, dict) and new_exp is not None:
+                            entry.after["period"] = new_exp.period
                     try:
                         check_unique(list(experiments.values()))
                     except ValueError as exc:
@@ -153,6 +159,7 @@ class ConfigStore:
                     pipe.publish(CHANNEL, str(new.version))
                     # the experiment's keys get their lifetime with the change (ended: expiry)
                     queue_lifetimes(pipe, current.experiments, experiments, self._retention)
+                    periods.queue_records(pipe, started)
                     await pipe.execute()
                     return new
                 except WatchError:

@@ -71,6 +71,7 @@ def record(gw: GatewayPort, plan: Plan, rid: str, t0: float, out: Outcome) -> No
             regen=exp.regen,
             fp=plan.fingerprint,
             counted=counted,
+            period=exp.experiment.period,
         )
     )
 

@@ -77,6 +77,7 @@ class Event:
     regen: float = 0.0  # regeneration window in seconds; 0: detection off
     fp: str = ""  # fingerprint of the normalised last user message
     counted: bool = True  # False: served after its experiment ended; only indexed (feedback)
+    period: int = 0  # the experiment's period it was routed under (per-period sums)
 
     def size(self) -> int:
         """Estimated bytes the event holds while buffered (cheap: no serialisation)."""
@@ -114,6 +115,7 @@ class Event:
                 "regen": self.regen,
                 "fp": self.fp,
                 "counted": 1 if self.counted else 0,
+                "period": self.period,
             }
         )
 

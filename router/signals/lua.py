@@ -7,6 +7,8 @@ per arm (one field per unit); the sums over units in one hash per arm: ``n`` (di
 ratio metric and ``nz:<den>`` (units whose total of a denominator is non-zero). They change by the
 difference of each unit's old and new totals, so reading them is O(1) whatever the traffic.
 Requests without a unit id count in the per-arm totals but not in the unit-level sums.
+The same sums are also kept per period of the experiment (`unit_update` below, docs/redis.md),
+so that an estimate can compare the arms within periods of a fixed share and treatment.
 
 An arm holds at most `max_units` units (ARGV of RECORD_EVENTS; ``ABGATE_MAX_UNITS_PER_ARM``):
 a unit new to an arm that holds as many is not stored, so that unit ids a client invents cannot
@@ -116,16 +118,60 @@ local DENOMINATORS = {'requests', 'votes', 'ttft_n'}
 -- The most units one arm's totals hash holds (the script sets it from its ARGV).
 local max_units = 1000000
 
+-- The increments of the sums over units (`s1:`, `s2:`, `x:`, `nz:`, field names after `pre`)
+-- when a unit's totals go from `old` to `new` by `deltas`.
+local function add_sums(skey, pre, old, new, deltas)
+  for f, d in pairs(deltas) do
+    if d ~= 0 then
+      local o = old[f] or 0
+      add(skey, pre .. 's1:' .. f, d)
+      add(skey, pre .. 's2:' .. f, new[f] * new[f] - o * o)
+    end
+  end
+  local function pair(num_f, den)
+    local dn, dd = deltas[num_f] or 0, deltas[den] or 0
+    if dn == 0 and dd == 0 then return end
+    local before = (old[num_f] or 0) * (old[den] or 0)
+    local after = (new[num_f] or 0) * (new[den] or 0)
+    add(skey, pre .. 'x:' .. num_f .. '|' .. den, after - before)
+  end
+  for f, _ in pairs(new) do
+    if f ~= 'requests' then pair(f, 'requests') end
+  end
+  for _, p in ipairs(EXTRA_PAIRS) do pair(p[1], p[2]) end
+  for _, den in ipairs(DENOMINATORS) do
+    if (old[den] or 0) == 0 and (new[den] or 0) ~= 0 then add(skey, pre .. 'nz:' .. den, 1) end
+  end
+end
+
+-- `t` plus `deltas` (a new table; fields whose delta is 0 are left as they are)
+local function plus(t, deltas)
+  local out = {}
+  for f, v in pairs(t) do out[f] = v end
+  for f, d in pairs(deltas) do
+    if d ~= 0 then out[f] = (t[f] or 0) + d end
+  end
+  return out
+end
+
 -- `create`: the event of a request may add its unit; feedback never does (the request's event
 -- added it, or did not: over the cap, or after the end).
-local function unit_update(tag, arm, unit, deltas, create)
+-- `period`: the experiment's period the event was routed under (router/experiments.py); nil
+-- (feedback, or an event of a gateway that does not send it) means the unit's current one.
+-- Besides its cumulative totals a unit keeps those of its current period (`@p=<period>`,
+-- `p.<field>=<value>` in the same field), which feed the per-period sums (one hash per arm,
+-- fields `<period>:n`, `<period>:s1:<field>`, ...). An event of a later period starts the
+-- unit's totals of that period from zero (the unit counts in its `n`); an event of an older
+-- period than the unit's (a request still on its way when the period changed) counts in the
+-- cumulative sums only.
+local function unit_update(tag, arm, unit, deltas, create, period)
   if unit == '' then return end
   local ukey = unit_key(tag, arm)
   local skey = unit_sums_key(tag, arm)
   local raw = redis.call('HGET', ukey, unit)
-  local old = {}
+  local stored = {}
   if raw then
-    old = decode_totals(raw)
+    stored = decode_totals(raw)
   else
     if not create then return end
     -- after its end an experiment counts no new unit (its totals would start from zero)
@@ -144,32 +190,38 @@ local function unit_update(tag, arm, unit, deltas, create)
       add(skey, 'moved_in', 1)
     end
   end
-  local new = {}
-  for f, v in pairs(old) do new[f] = v end
-  for f, d in pairs(deltas) do
-    if d ~= 0 then
-      local o = old[f] or 0
-      old[f] = o
-      new[f] = o + d
-      add(skey, 's1:' .. f, d)
-      add(skey, 's2:' .. f, new[f] * new[f] - o * o)
-    end
+  local old, pold = {}, {}
+  local current = stored['@p']
+  for f, v in pairs(stored) do
+    if string.sub(f, 1, 2) == 'p.' then pold[string.sub(f, 3)] = v
+    elseif f ~= '@p' then old[f] = v end
   end
-  local function pair(num_f, den)
-    local dn, dd = deltas[num_f] or 0, deltas[den] or 0
-    if dn == 0 and dd == 0 then return end
-    local before = (old[num_f] or 0) * (old[den] or 0)
-    local after = (new[num_f] or 0) * (new[den] or 0)
-    add(skey, 'x:' .. num_f .. '|' .. den, after - before)
+  local new = plus(old, deltas)
+  add_sums(skey, '', old, new, deltas)
+  if period == nil then
+    period = current
+    if period == nil and create then period = 0 end
   end
-  for f, _ in pairs(new) do
-    if f ~= 'requests' then pair(f, 'requests') end
+  local pnew
+  if period ~= nil and (current == nil or period > current) then
+    -- the unit's first event in this period
+    pold = {}
+    current = period
+    add(periods_key(tag, arm), period .. ':n', 1)
   end
-  for _, p in ipairs(EXTRA_PAIRS) do pair(p[1], p[2]) end
-  for _, den in ipairs(DENOMINATORS) do
-    if (old[den] or 0) == 0 and (new[den] or 0) ~= 0 then add(skey, 'nz:' .. den, 1) end
+  if period ~= nil and period == current then
+    pnew = plus(pold, deltas)
+    add_sums(periods_key(tag, arm), period .. ':', pold, pnew, deltas)
+  else
+    pnew = pold  -- an older period's event: cumulative only
   end
-  redis.call('HSET', ukey, unit, encode_totals(new))
+  local t = {}
+  for f, v in pairs(new) do t[f] = v end
+  if current ~= nil then
+    t['@p'] = current
+    for f, v in pairs(pnew) do t['p.' .. f] = v end
+  end
+  redis.call('HSET', ukey, unit, encode_totals(t))
 end
 """
 )
@@ -191,7 +243,7 @@ local function record_feedback(tag, rid, arm, unit, signal, value, ttl, minute, 
   redis.call('EXPIRE', mkey, keep)
   local deltas = {['fb:' .. signal] = 1, ['fv:' .. signal] = value}
   if signal == 'thumbs_up' or signal == 'thumbs_down' then deltas['votes'] = 1 end
-  unit_update(tag, arm, unit, deltas, false)
+  unit_update(tag, arm, unit, deltas, false, nil)
   return 1
 end
 """
@@ -270,7 +322,7 @@ for i = first, #ARGV do
       minutes_seen[mkey] = true
       redis.call('EXPIRE', mkey, keep)
     end
-    unit_update(tag, e.arm, e.unit, deltas, true)
+    unit_update(tag, e.arm, e.unit, deltas, true, tonumber(e.period))
     -- implicit `regenerated`: the same unit repeats its last prompt within the window
     if e.regen > 0 and e.unit ~= '' and e.fp ~= '' then
       local lkey = last_key(tag, e.unit)

@@ -1,13 +1,15 @@
 """The read model: an experiment's aggregates from Redis as a typed `ExperimentSnapshot`.
 
-A handful of HGETALLs (per arm: totals, unit-level sums, optionally the per-minute counters),
-independent of how much traffic there was. The analysis consumes the snapshot unchanged.
-`decode_unit_totals` reads one unit's totals as the Lua scripts store them (router/signals/lua.py).
+A handful of HGETALLs (per arm: totals, unit-level sums, per-period sums, optionally the
+per-minute counters), independent of how much traffic there was. The analysis consumes the
+snapshot unchanged. `decode_unit_totals` reads one unit's totals as the Lua scripts store them
+(router/signals/lua.py).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 
 import redis.asyncio as aioredis
 
@@ -17,6 +19,7 @@ from analysis.types import (
     ArmTotals,
     ExperimentSnapshot,
     MinutePoint,
+    PeriodSums,
     UnitSums,
 )
 from router import keys
@@ -48,7 +51,7 @@ def _totals(raw: dict[bytes | str, bytes | str]) -> ArmTotals:
     )
 
 
-def _units(raw: dict[bytes | str, bytes | str]) -> UnitSums:
+def _units(raw: Mapping[bytes | str, bytes | str] | Mapping[str, str]) -> UnitSums:
     s1: dict[str, float] = {}
     s2: dict[str, float] = {}
     cross: dict[str, float] = {}
@@ -82,13 +85,16 @@ async def read_snapshot(
         for arm in ARMS:
             pipe.hgetall(keys.arm_totals(exp.name, arm))
             pipe.hgetall(keys.unit_sums(exp.name, arm))
+            pipe.hgetall(keys.period_sums(exp.name, arm))
             for m in span:
                 pipe.hgetall(keys.minute(exp.name, arm, m))
         rows = await pipe.execute()
     arms: dict[str, ArmSnapshot] = {}
+    by_period: list[dict[bytes | str, bytes | str]] = []
     it = iter(rows)
     for arm in ARMS:
         totals, units = _totals(next(it)), _units(next(it))
+        by_period.append(next(it))
         points: list[MinutePoint] = []
         for m in span:
             raw = {_text(k): _text(v) for k, v in next(it).items()}
@@ -113,17 +119,48 @@ async def read_snapshot(
         control=arms["control"],
         treatment=arms["treatment"],
         signals=(*BUILTIN_SIGNALS, *exp.signals),
+        period=exp.period,
+        periods=_periods(*by_period),
     )
 
 
 def decode_unit_totals(raw: bytes | str) -> dict[str, float]:
-    """One unit's totals as its arm's hash stores them (`requests=3,latency_ms=812.5,...`)."""
+    """One unit's totals as its arm's hash stores them (`requests=3,latency_ms=812.5,...`),
+    without those of its current period (`decode_period_totals`)."""
     out: dict[str, float] = {}
     for part in _text(raw).split(","):
         name, _, value = part.partition("=")
-        if name:
+        if name and name != "@p" and not name.startswith("p."):
             out[name] = float(value)
     return out
+
+
+def decode_period_totals(raw: bytes | str) -> tuple[int | None, dict[str, float]]:
+    """The unit's current period (None: none recorded) and its totals in that period."""
+    period: int | None = None
+    out: dict[str, float] = {}
+    for part in _text(raw).split(","):
+        name, _, value = part.partition("=")
+        if name == "@p":
+            period = int(float(value))
+        elif name.startswith("p."):
+            out[name[2:]] = float(value)
+    return period, out
+
+
+def _periods(
+    control: dict[bytes | str, bytes | str], treatment: dict[bytes | str, bytes | str]
+) -> list[PeriodSums]:
+    """The per-period sums of both arms (`keys.period_sums`), oldest period first."""
+    split: dict[int, tuple[dict[str, str], dict[str, str]]] = {}
+    for i, raw in enumerate((control, treatment)):
+        for k, v in raw.items():
+            period, _, field = _text(k).partition(":")
+            split.setdefault(int(period), ({}, {}))[i][field] = _text(v)
+    return [
+        PeriodSums(period=p, control=_units(c), treatment=_units(t))
+        for p, (c, t) in sorted(split.items())
+    ]
 
 
 async def read_unit_totals(

@@ -18,6 +18,7 @@ from analysis.types import (
     ArmSnapshot,
     ArmTotals,
     ExperimentSnapshot,
+    PeriodSums,
     StepState,
     UnitSums,
 )
@@ -242,7 +243,7 @@ def test_an_adapter_swap_is_marked(capsys: pytest.CaptureFixture[str]) -> None:
     assert html.count("swap v1 -&gt; v2") >= 2  # the note and the charts' marker
     show(rep.model_dump(mode="json"))
     out = " ".join(capsys.readouterr().out.split())  # unwrapped
-    assert "swap v1 -> v2: the treatment's numbers mix both adapters" in out
+    assert "swap v1 -> v2: a new period and ramp step" in out
 
 
 def test_reports_from_before_these_fields_still_render() -> None:
@@ -255,3 +256,41 @@ def test_reports_from_before_these_fields_still_render() -> None:
     assert "<svg" in render_html(Report.model_validate(data)) or "no data yet" in render_html(
         Report.model_validate(data)
     )
+
+
+def test_the_report_lists_the_periods_with_their_estimates(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Each period's start, share and treatment (its record), units and primary difference,
+    and its weight in the combined test; a swap is a new period."""
+    rng = np.random.default_rng(9)
+    parts = [(_arm(rng, 400).units, _arm(rng, 100).units), (_arm(rng, 300).units,
+             _arm(rng, 300).units)]  # fmt: skip
+    snap, _ = _ramped(rng)
+    snap = snap.model_copy(
+        update={
+            "period": 1,
+            "periods": [
+                PeriodSums(period=i, control=c, treatment=t) for i, (c, t) in enumerate(parts)
+            ],
+        }
+    )
+    records = [
+        {"period": 0, "started_at": T0, "share": 20.0, "treatment": "v1", "control": "base"},
+        {"period": 1, "started_at": T0 + 12000, "share": 50.0, "treatment": "v2",
+         "control": "base"},
+    ]  # fmt: skip
+    rep = build_report(_experiment(), snap, [], _audit(*CHANGES, swap=T0 + 12000), NOW,
+                       periods=records)  # fmt: skip
+    assert [(p.period, p.share, p.treatment_model) for p in rep.periods] == [
+        (0, 20.0, "v1"), (1, 50.0, "v2")]  # fmt: skip
+    assert rep.periods[1].units == {"control": 300, "treatment": 300}
+    c, t = parts[0][0], parts[0][1]
+    want = t.total("fb:thumbs_up") / t.total("votes") - c.total("fb:thumbs_up") / c.total("votes")
+    assert rep.periods[0].difference == pytest.approx(want)
+    assert sum(p.weight or 0.0 for p in rep.periods) == pytest.approx(1.0)
+    html = render_html(rep)
+    assert "<h2>Periods</h2>" in html and "v1</td>" in html
+    show(rep.model_dump(mode="json"))
+    out = " ".join(capsys.readouterr().out.split())
+    assert "periods (primary metric within each)" in out

@@ -72,3 +72,23 @@ async def test_a_share_decrease_starts_a_step_that_knows_the_units_moved_into_co
         assert (await ctl._step(resumed, 3100, 1010, 200, now=3000.0)).index == 3
     finally:
         await client.aclose()
+
+
+async def test_a_treatment_swap_starts_a_new_step(redis_url: str) -> None:
+    """A new adapter at the same share is a new period (the store bumps it): the controller's
+    step ends, and the next one starts at the unit counts of the swap."""
+    client = aioredis.from_url(redis_url)
+    try:
+        ctl = Controller(client)
+        exp = Experiment.model_validate(experiment("swapped", "r", "http://127.0.0.1:1", 10))
+        first = await ctl._step(exp, 0, 0, 0, now=1000.0)
+        assert await ctl._step(exp, 900, 100, 0, now=1500.0) == first
+        swapped = exp.model_copy(update={
+            "treatment": exp.treatment.model_copy(update={"model": "adapter-2"}),
+            "period": exp.period + 1,
+        })  # fmt: skip
+        step = await ctl._step(swapped, 1800, 200, 0, now=2000.0)
+        assert (step.index, step.period, step.started_at) == (2, 1, 2000.0)
+        assert (step.control_units_at_start, step.treatment_units_at_start) == (1800, 200)
+    finally:
+        await client.aclose()

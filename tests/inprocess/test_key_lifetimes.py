@@ -124,7 +124,8 @@ async def test_every_key_expires_but_the_config_the_audit_and_the_reports(
     for name in (NAMES["rolled"], NAMES["promoted"]):  # what their reports read
         kept |= {keys.arm_totals(name, a) for a in ("control", "treatment")}
         kept |= {keys.unit_sums(name, a) for a in ("control", "treatment")}
-        kept |= {keys.decisions(name), keys.ended(name)}
+        kept |= {keys.period_sums(name, a) for a in ("control", "treatment")}
+        kept |= {keys.decisions(name), keys.ended(name), keys.periods(name)}
     immortal = {k for k in rds.scan_iter(count=1000) if rds.ttl(k) == -1}
     assert immortal <= kept, sorted(immortal - kept)
     # the ended experiments' aggregates are there (the test is not vacuous)
@@ -149,5 +150,7 @@ async def test_every_key_expires_but_the_config_the_audit_and_the_reports(
     finally:
         await client.aclose()
     assert not rds.exists(keys.ended(NAMES["deleted"]))
-    assert not [k for k in rds.scan_iter(keys.experiment_tag(NAMES["deleted"]) + "*")
-                if rds.ttl(k) == -1]  # fmt: skip
+    # nothing but the record of its first period (kept, as its report reads it)
+    assert [k for k in rds.scan_iter(keys.experiment_tag(NAMES["deleted"]) + "*")
+            if rds.ttl(k) == -1] == [keys.periods(NAMES["deleted"])]  # fmt: skip
+    assert rds.hkeys(keys.periods(NAMES["deleted"])) == ["0"]

@@ -62,7 +62,7 @@ local tag = exp_tag(ARGV[1])
 return {tag, request_key(ARGV[2]), arm_key(tag, ARGV[3]), unit_sums_key(tag, ARGV[3]),
         unit_key(tag, ARGV[3]), minute_key(tag, ARGV[3], ARGV[5]), events_key(tag),
         feedback_key(tag, ARGV[2]), last_key(tag, ARGV[4]), capture_key(tag, ARGV[2]),
-        captures_key(tag), ended_key(tag)}
+        captures_key(tag), ended_key(tag), periods_key(tag, ARGV[3])}
 """
     )
     exp, rid, arm, unit, minute = "exp.1-a", "req_" + "ab" * 16, "treatment", "user:42|x", "7"
@@ -80,6 +80,7 @@ return {tag, request_key(ARGV[2]), arm_key(tag, ARGV[3]), unit_sums_key(tag, ARG
         keys.capture(exp, rid),
         keys.captures(exp),
         keys.ended(exp),
+        keys.period_sums(exp, arm),
     ]
 
 
