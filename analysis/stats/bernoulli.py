@@ -27,6 +27,7 @@ by a further relative 1e-9 for the rounding of the logarithm that assigns a late
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 
@@ -54,12 +55,24 @@ def rate_bounds(x: float, n: float, alpha: float) -> tuple[float, float]:
         raise ValueError("alpha must be in (0, 1)")
     if n <= 0:
         return 0.0, 1.0
-    x = min(max(x, 0.0), n)
-    limit = math.log(1 / alpha)
+    return _rate_bounds(min(max(float(x), 0.0), float(n)), float(n), float(alpha))
+
+
+@functools.lru_cache(maxsize=4096)
+def _rate_bounds(x: float, n: float, alpha: float) -> tuple[float, float]:
+    """`rate_bounds` for clean arguments; cached, since consecutive looks often see the same
+    counts (an arm without new requests), and in scalar arithmetic: the root finding evaluates
+    log M_n a few dozen times, with its Beta function term computed once."""
+    b = float(betaln(1 + x, 1 + n - x)) - math.log(1 / alpha)
     centre = x / n
 
     def f(p: float) -> float:
-        return float(log_mixture(p, x, n)) - limit
+        out = b
+        if x > 0:
+            out -= x * math.log(p)
+        if n - x > 0:
+            out -= (n - x) * math.log1p(-p)
+        return out
 
     low = 0.0
     if centre > 0 and f(np.nextafter(0.0, 1.0)) > 0:
