@@ -25,6 +25,7 @@ level α/2.
 from __future__ import annotations
 
 from analysis.metrics import Metric, compare, metric
+from analysis.periods import judged
 from analysis.stats._util import insufficient, interval
 from analysis.stats.bernoulli import histogram_quantile, quantile_bounds, rate_bounds
 from analysis.stats.delta import ratio_estimate
@@ -51,11 +52,12 @@ def evaluate(
     default from the current control value; the caller fixes them from the margin
     (analysis/looks.py). The sequences of proportions and of the p95 are exact, always valid and
     need no state."""
+    # the sequences judge the current treatment model on its own periods (as `compare` does)
     if name == P95:
-        return _p95(snapshot, margin, alpha=alpha, min_units=min_units)
+        return _p95(judged(snapshot), margin, alpha=alpha, min_units=min_units)
     m = metric(name)
     if m.proportion:
-        return _proportion(snapshot, m, margin, relative=relative, alpha=alpha,
+        return _proportion(judged(snapshot), m, margin, relative=relative, alpha=alpha,
                            min_units=min_units)  # fmt: skip
     worse_is_higher = not m.higher_is_better
     comparison = compare(

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from scipy import stats
 
+from analysis.periods import clustering, judged
 from analysis.stats._util import insufficient, interval, normal_result
 from analysis.stats.delta import ratio_estimate
 from analysis.stats.sequential import msprt
@@ -77,6 +78,15 @@ METRICS: dict[str, Metric] = {
             True,
             tau=0.05,
             description="thumbs up / (thumbs up + thumbs down)",
+            proportion=True,
+        ),
+        Metric(
+            "thumbs_down_rate",
+            signal_count("thumbs_down"),
+            VOTES,
+            False,
+            tau=0.05,
+            description="thumbs down / (thumbs up + thumbs down)",
             proportion=True,
         ),
         Metric(
@@ -252,7 +262,7 @@ def _tested(m: Metric, c: Estimate, t: Estimate) -> tuple[Estimate, Estimate]:
 
 
 def by_period(
-    m: Metric, snapshot: ExperimentSnapshot, min_units: int
+    m: Metric, snapshot: ExperimentSnapshot, min_units: int, inflation: float = 1.0
 ) -> tuple[Estimate, Estimate, list[PeriodEstimate]] | None:
     """The inverse-variance weighted combination of the per-period differences, or None when
     the snapshot has fewer than two periods or none with `min_units` units with data in both
@@ -264,7 +274,8 @@ def by_period(
     drift; the combination, Σ w_p d_p / Σ w_p with w_p = 1/var_p and variance 1/Σ w_p, keeps
     that. Returned as a pair of estimates whose difference and summed variance are the combined
     ones: the control at the weighted control mean (its variance Σ w_p² var_c,p / (Σ w_p)²),
-    the treatment at that mean plus the difference."""
+    the treatment at that mean plus the difference. `inflation` multiplies both variances: the
+    design effect of units that recur across periods (analysis/periods.py `clustering`)."""
     if len(snapshot.periods) < 2:
         return None
     rows: list[tuple[int, Estimate, Estimate, float, float]] = []
@@ -294,8 +305,8 @@ def by_period(
     ]
     diff = sum((1 / r[3]) * (r[2].value - r[1].value) for r in used) / total
     mean_c = sum((1 / r[3]) * r[1].value for r in used) / total
-    var_c = sum(r[4] / r[3] ** 2 for r in used) / total**2
-    var = 1 / total
+    var_c = inflation * sum(r[4] / r[3] ** 2 for r in used) / total**2
+    var = inflation / total
     units_c = sum(r[1].units for r in used)
     units_t = sum(r[2].units for r in used)
     num_c = sum(r[1].numerator for r in used)
@@ -328,8 +339,11 @@ def compare(
     With two or more periods (ramp steps, treatment swaps, resumes) the tested difference is
     the combination of the per-period differences (`by_period`; `periods` lists them) and the
     relative lift is relative to the weighted control mean; `control` and `treatment` stay
-    the arms' cumulative estimates. The minimum evidence is that of the cumulative units."""
+    the arms' cumulative estimates. The minimum evidence is that of the cumulative units.
+    After a treatment swap all of this is on the periods of the current model only
+    (analysis/periods.py `judged`)."""
     m = metric(name)
+    whole, snapshot = snapshot, judged(snapshot)
     c, t = estimates(m, snapshot.control, snapshot.treatment)
     method = "mSPRT" if sequential else "z-test"
     have = (
@@ -344,7 +358,7 @@ def compare(
         return MetricComparison(
             metric=name, control=c, treatment=t, test=insufficient(method, reason, alpha)
         )
-    combined = by_period(m, snapshot, min_units)
+    combined = by_period(m, snapshot, min_units, clustering(m.numerator, m.denominator, whole))
     periods: list[PeriodEstimate] = []
     if combined is not None:
         cf, tf, periods = combined

@@ -149,6 +149,12 @@ class PeriodSums(BaseModel):
     period: int = Field(ge=0)
     control: UnitSums = Field(default_factory=UnitSums)
     treatment: UnitSums = Field(default_factory=UnitSums)
+    control_latency: dict[int, int] = Field(
+        default_factory=dict, description="Control's latency histogram in the period"
+    )
+    treatment_latency: dict[int, int] = Field(
+        default_factory=dict, description="Treatment's latency histogram in the period"
+    )
 
 
 class ExperimentSnapshot(BaseModel):
@@ -164,6 +170,12 @@ class ExperimentSnapshot(BaseModel):
     treatment: ArmSnapshot = Field(default_factory=ArmSnapshot)
     signals: tuple[str, ...] = BUILTIN_SIGNALS
     period: int = Field(default=0, ge=0, description="The experiment's current period")
+    since_period: int = Field(
+        default=0,
+        ge=0,
+        description="The period in which the current treatment model started: the tests use "
+        "the periods since (analysis/metrics.py `tested`)",
+    )
     periods: list[PeriodSums] = Field(
         default_factory=list,
         description="Per-period sums, oldest first, for every period with data (empty: sums "

@@ -248,6 +248,12 @@ class Experiment(BaseModel):
         description="Bumped by the store whenever the treatment share or target changes or the "
         "experiment is resumed; events carry it, and the sums are kept per period",
     )
+    target_period: int = Field(
+        default=0,
+        ge=0,
+        description="The period in which the current treatment model started (set by the "
+        "store): the tests judge that model on the periods since, never a former adapter's",
+    )
 
     @field_validator("signals")
     @classmethod
@@ -330,7 +336,8 @@ class Experiment(BaseModel):
         return self.salt if self.salt is not None else self.name
 
 
-BOOKKEEPING = frozenset({"version", "state_reason", "updated_at", "resumed_at", "period"})
+BOOKKEEPING = frozenset({"version", "state_reason", "updated_at", "resumed_at", "period",
+                         "target_period"})  # fmt: skip
 
 
 def differing_fields(a: Experiment, b: Experiment) -> list[str]:

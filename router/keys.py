@@ -78,7 +78,8 @@ def unit_sums(name: str, arm: str) -> str:
 def period_sums(name: str, arm: str) -> str:
     """Hash of the sums over units per period of the experiment: ``<period>:n``,
     ``<period>:s1:<field>``, ... (the fields of `unit_sums` after ``<period>:``, without
-    ``moved_in``). One key per arm, whatever the number of periods."""
+    ``moved_in``) and the period's latency histogram ``<period>:lh:<k>``. One key per arm,
+    whatever the number of periods."""
     return f"{experiment_tag(name)}periods:{arm}"
 
 
@@ -216,7 +217,8 @@ SCHEMA: tuple[KeyDoc, ...] = (
            "the sums over units of each period: `<period>:n`, `<period>:s1:<field>`, "
            "`<period>:s2:<field>`, `<period>:x:<num>|<den>`, `<period>:nz:<den>`; a unit "
            "counts in the period of its events (its totals field keeps those of its current "
-           "period: `@p=<period>`, `p.<field>=<value>`)"),
+           "period: `@p=<period>`, `p.<field>=<value>`); `<period>:lh:<k>` the latency "
+           "histogram of the requests routed in the period"),
     KeyDoc(periods("<exp>"), "hash", _KEPT, "config store",
            "period -> JSON `{started_at, share, treatment}`: a new period starts with every "
            "change of the treatment share or target and with a resume"),

@@ -48,21 +48,27 @@ def stamp(
     before: Mapping[str, Experiment], after: dict[str, Experiment], now: float
 ) -> dict[str, tuple[int, bytes]]:
     """Set every changed experiment's `period` in `after` (in place): one more than before when
-    the change starts a period, else the stored one (clients cannot set it). Returns the
+    the change starts a period, else the stored one (clients cannot set it); and its
+    `target_period`, the period in which a new treatment model started. Returns the
     records to write, name -> (period, JSON); a created experiment starts at period 0."""
     out: dict[str, tuple[int, bytes]] = {}
     for name, new in after.items():
         old = before.get(name)
         if old is None:
-            if new.period != 0:
-                new = after[name] = new.model_copy(update={"period": 0})
+            if new.period != 0 or new.target_period != 0:
+                new = after[name] = new.model_copy(update={"period": 0, "target_period": 0})
             out[name] = (0, record(new, now))
         elif old is not new:
             if starts_period(old, new):
-                after[name] = new.model_copy(update={"period": old.period + 1})
-                out[name] = (old.period + 1, record(new, now))
-            elif new.period != old.period:
-                after[name] = new.model_copy(update={"period": old.period})
+                period = old.period + 1
+                swapped = old.treatment.model != new.treatment.model
+                target = period if swapped else old.target_period
+                after[name] = new.model_copy(update={"period": period, "target_period": target})
+                out[name] = (period, record(new, now))
+            elif new.period != old.period or new.target_period != old.target_period:
+                after[name] = new.model_copy(
+                    update={"period": old.period, "target_period": old.target_period}
+                )
     return out
 
 

@@ -296,7 +296,12 @@ for i = first, #ARGV do
     add(agg, 'status_' .. class, 1)
     add(agg, 'latency_ms_sum', e.latency_ms)
     add(agg, 'latency_ms_sq_sum', e.latency_ms * e.latency_ms)
-    add(agg, 'lh:' .. latency_bucket(e.latency_ms), 1)
+    local bucket = latency_bucket(e.latency_ms)
+    add(agg, 'lh:' .. bucket, 1)
+    -- and per period, so that a swapped adapter's p95 is its own (analysis/metrics.py `tested`)
+    if tonumber(e.period) ~= nil then
+      add(periods_key(tag, e.arm), tonumber(e.period) .. ':lh:' .. bucket, 1)
+    end
     local deltas = {requests = 1, errors = is_error, client_closed = closed,
                     latency_ms = e.latency_ms,
                     prompt_tokens = e.prompt_tokens, completion_tokens = e.completion_tokens,

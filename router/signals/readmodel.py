@@ -120,6 +120,7 @@ async def read_snapshot(
         treatment=arms["treatment"],
         signals=(*BUILTIN_SIGNALS, *exp.signals),
         period=exp.period,
+        since_period=exp.target_period,
         periods=_periods(*by_period),
     )
 
@@ -153,12 +154,22 @@ def _periods(
 ) -> list[PeriodSums]:
     """The per-period sums of both arms (`keys.period_sums`), oldest period first."""
     split: dict[int, tuple[dict[str, str], dict[str, str]]] = {}
+    hist: dict[int, tuple[dict[int, int], dict[int, int]]] = {}
     for i, raw in enumerate((control, treatment)):
         for k, v in raw.items():
             period, _, field = _text(k).partition(":")
-            split.setdefault(int(period), ({}, {}))[i][field] = _text(v)
+            if field.startswith("lh:"):  # the period's latency histogram
+                hist.setdefault(int(period), ({}, {}))[i][int(field[3:])] = int(float(_text(v)))
+            else:
+                split.setdefault(int(period), ({}, {}))[i][field] = _text(v)
     return [
-        PeriodSums(period=p, control=_units(c), treatment=_units(t))
+        PeriodSums(
+            period=p,
+            control=_units(c),
+            treatment=_units(t),
+            control_latency=hist.get(p, ({}, {}))[0],
+            treatment_latency=hist.get(p, ({}, {}))[1],
+        )
         for p, (c, t) in sorted(split.items())
     ]
 

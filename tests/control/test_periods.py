@@ -32,19 +32,20 @@ async def test_changes_that_start_a_period(aredis: aioredis.Redis) -> None:
     exp = await change(lambda cur, _: _exp(), "create")
     assert exp.period == 0
     exp = await change(lambda cur, _: transition(cur, "advance"), "advance")
-    assert (exp.period, exp.treatment_percent) == (1, 10.0)
+    assert (exp.period, exp.treatment_percent, exp.target_period) == (1, 10.0, 0)
     exp = await change(lambda cur, _: patch(cur, ExperimentPatch(description="x")))
     assert exp.period == 1  # nothing the estimates depend on changed
     swap = ExperimentPatch(treatment={"model": "a2"})
     exp = await change(lambda cur, _: patch(cur, swap))
     assert (exp.period, exp.treatment.model) == (2, "a2")
+    assert exp.target_period == 2  # the tests judge a2 on periods 2 and later
     exp = await change(lambda cur, _: transition(cur, "pause"), "pause")
     assert exp.period == 2
     exp = await change(lambda cur, _: transition(cur, "resume"), "resume")
-    assert exp.period == 3
+    assert (exp.period, exp.target_period) == (3, 2)
     # a client's copy with another period does not set it
-    exp = await change(lambda cur, _: bump(cur, period=99, description="y"))
-    assert exp.period == 3
+    exp = await change(lambda cur, _: bump(cur, period=99, target_period=0, description="y"))
+    assert (exp.period, exp.target_period) == (3, 2)
     rows = await read_periods(aredis, "per")
     assert [r["period"] for r in rows] == [0, 1, 2, 3]
     assert [(r["share"], r["treatment"]) for r in rows] == [

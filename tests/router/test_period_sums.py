@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
+from analysis.stats.bernoulli import latency_bucket
 from router import keys
 from router.experiments import Experiment
 from router.metrics import GatewayMetrics
@@ -93,6 +94,9 @@ def test_period_sums_match_recomputation(client: redis.Redis, ops: list[tuple]) 
     per_period: dict[tuple[str, int], dict[str, dict[str, float]]] = defaultdict(dict)
     requests: list[tuple[str, str, int]] = []
     seen: set[tuple[int, str]] = set()
+    # every event's latency in the histogram of the period it was routed under (with or
+    # without a unit id, late or not)
+    latency: dict[tuple[str, int], dict[int, int]] = defaultdict(lambda: defaultdict(int))
 
     def add(arm: str, unit: str, p: int | None, deltas: dict[str, float]) -> None:
         for f, d in deltas.items():
@@ -117,6 +121,7 @@ def test_period_sums_match_recomputation(client: redis.Redis, ops: list[tuple]) 
             stamp = max(0, period - late)
             assert record(args=[1000, 3600, 100, _stamped(n, unit, arm, lat, tokens, stamp)])
             requests.append((unit, arm, n))
+            latency[(arm, stamp)][latency_bucket(lat)] += 1
             if unit:
                 add(
                     arm,
@@ -147,9 +152,14 @@ def test_period_sums_match_recomputation(client: redis.Redis, ops: list[tuple]) 
     raw = {arm: client.hgetall(keys.period_sums(EXP, arm)) for arm in ARMS}
     for arm in ARMS:
         got: dict[int, dict[str, float]] = defaultdict(dict)
+        hist: dict[int, dict[int, int]] = defaultdict(dict)
         for field, value in raw[arm].items():
             p, _, name = field.partition(":")
-            got[int(p)][name] = float(value)
+            if name.startswith("lh:"):
+                hist[int(p)][int(name[3:])] = int(float(value))
+            else:
+                got[int(p)][name] = float(value)
+        assert hist == {p: dict(h) for (a, p), h in latency.items() if a == arm}
         periods = {p for (a, p) in per_period if a == arm}
         assert set(got) == periods
         for p in periods:
