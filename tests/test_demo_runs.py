@@ -64,7 +64,7 @@ def test_aa_minute_rows_count_actions_and_their_hours() -> None:
         "hours": np.array([np.nan, 30.0, 50.0, np.nan]),
     }
     rows = dict((label.strip(), value) for label, value, _ in stats_study._rows("aa_minute", x))
-    assert rows["6c. A/A, whole ramp from 5 %, a look every 60 s, 14 days: any action"] == "50.0 %"
+    assert rows["6d. A/A, whole ramp from 5 %, a look every 60 s, 14 days: any action"] == "50.0 %"
     assert rows["... rolled back"] == "25.0 %" and rows["... promoted"] == "25.0 %"
     assert rows["... median hour of the actions"] == "40"
     none = {**x, "promote": np.zeros(4), "rollback": np.zeros(4), "hours": np.full(4, np.nan)}
