@@ -308,6 +308,24 @@ class _Arm:
         sums.change(pold, {f: self.pacc[f][touched] for f in SIM_FIELDS})
 
 
+def request_times(
+    rng: np.random.Generator, arrival: NDArray[Any], extra: float, total: float, last: float
+) -> tuple[NDArray[Any], NDArray[Any]]:
+    """The users' requests in time order, (user, hour): each user makes 1 + Poisson(`extra`),
+    the first at its arrival, the others uniform over the rest of the `total` hours; those
+    before `last` are kept."""
+    n_req = 1 + rng.poisson(extra, len(arrival))
+    user = np.repeat(np.arange(len(arrival)), n_req)
+    starts = np.repeat(arrival, n_req)
+    first = np.ones(len(user), dtype=bool)
+    first[1:] = user[1:] != user[:-1]
+    t = np.where(first, starts, starts + rng.random(len(user)) * (total - starts))
+    keep = t < last
+    user, t = user[keep], t[keep]
+    order = np.argsort(t)
+    return user[order], t[order]
+
+
 def simulate_policy(
     model: PolicyModel,
     policy: Policy,
@@ -336,16 +354,7 @@ def simulate_policy(
         rng.beta(conc * model.m_control, conc * (1 - model.m_control), n_users),
         rng.beta(conc * model.m_treatment, conc * (1 - model.m_treatment), n_users),
     ])  # fmt: skip
-    n_req = 1 + rng.poisson(model.extra_requests, n_users)
-    user = np.repeat(np.arange(n_users), n_req)
-    starts = np.repeat(arrival, n_req)
-    first = np.ones(len(user), dtype=bool)
-    first[1:] = user[1:] != user[:-1]
-    t = np.where(first, starts, starts + rng.random(len(user)) * (total - starts))
-    keep = t < last
-    user, t = user[keep], t[keep]
-    order = np.argsort(t)
-    user, t = user[order], t[order]
+    user, t = request_times(rng, arrival, model.extra_requests, total, last)
     voted = (rng.random(len(user)) < model.vote_rate).astype(np.float64)
     draw = rng.random(len(user))
     shift = model.drift * t / total if model.drift else 0.0

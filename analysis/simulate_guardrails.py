@@ -20,7 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from analysis.policy import decide
-from analysis.simulate import HOURS_PER_DAY, PolicyRun
+from analysis.simulate import HOURS_PER_DAY, PolicyRun, request_times
 from analysis.types import (
     LATENCY_BUCKET_RATIO,
     LATENCY_BUCKETS_MAX,
@@ -62,16 +62,7 @@ def _requests(model: GuardrailModel, rng: np.random.Generator, last: float) -> d
     total = model.days * HOURS_PER_DAY
     n_users = round(last / HOURS_PER_DAY * model.users_per_day)
     arrival = rng.random(n_users) * last
-    n_req = 1 + rng.poisson(model.extra_requests, n_users)
-    user = np.repeat(np.arange(n_users), n_req)
-    starts = np.repeat(arrival, n_req)
-    first = np.ones(len(user), dtype=bool)
-    first[1:] = user[1:] != user[:-1]
-    t = np.where(first, starts, starts + rng.random(len(user)) * (total - starts))
-    keep = t < last
-    user, t = user[keep], t[keep]
-    order = np.argsort(t)
-    user, t = user[order], t[order]
+    user, t = request_times(rng, arrival, model.extra_requests, total, last)
     m = len(user)
     edraw, tdraw = rng.random(m), rng.random(m)
     base = model.latency_median_ms * np.exp(model.latency_sigma * rng.standard_normal(m))
