@@ -297,10 +297,11 @@ for i = first, #ARGV do
     add(agg, 'latency_ms_sum', e.latency_ms)
     add(agg, 'latency_ms_sq_sum', e.latency_ms * e.latency_ms)
     local bucket = latency_bucket(e.latency_ms)
+    local period = tonumber(e.period)  -- nil from a gateway that predates periods
     add(agg, 'lh:' .. bucket, 1)
-    -- and per period, so that a swapped adapter's p95 is its own (analysis/metrics.py `tested`)
-    if tonumber(e.period) ~= nil then
-      add(periods_key(tag, e.arm), tonumber(e.period) .. ':lh:' .. bucket, 1)
+    -- and per period, so that a swapped adapter's p95 is its own (analysis/periods.py `judged`)
+    if period ~= nil then
+      add(periods_key(tag, e.arm), period .. ':lh:' .. bucket, 1)
     end
     local deltas = {requests = 1, errors = is_error, client_closed = closed,
                     latency_ms = e.latency_ms,
@@ -327,7 +328,7 @@ for i = first, #ARGV do
       minutes_seen[mkey] = true
       redis.call('EXPIRE', mkey, keep)
     end
-    unit_update(tag, e.arm, e.unit, deltas, true, tonumber(e.period))
+    unit_update(tag, e.arm, e.unit, deltas, true, period)
     -- implicit `regenerated`: the same unit repeats its last prompt within the window
     if e.regen > 0 and e.unit ~= '' and e.fp ~= '' then
       local lkey = last_key(tag, e.unit)
