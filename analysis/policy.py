@@ -92,7 +92,9 @@ def decide(
     guardrails: list[GuardrailResult] = [
         lk.guardrail(snapshot, g, memory, kept, alpha=a, min_units=n) for g in policy.guardrails
     ]
-    primary = lk.primary(snapshot, policy.primary_metric, memory, kept, alpha=a, min_units=n)
+    primary = lk.primary(
+        snapshot, policy.primary_metric, memory, kept, alpha=policy.primary_level, min_units=n
+    )
     memory = memory.model_copy(update={"tests": kept})  # what `decision` records from here on
     common = {"srm": srm, "guardrails": guardrails, "primary": primary}
     breaches = [g for g in guardrails if g.verdict == "inferior"]

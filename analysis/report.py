@@ -164,9 +164,11 @@ def _row(
     the look memory); by default this look's alone."""
     # the controller's evidence rule: `min_evidence_units` units with data per arm
     n = policy.min_evidence_units
+    # the primary metric at the level the controller tests it, the others at the policy's alpha
+    a = policy.primary_level if role == "primary" else policy.alpha
     if live is None:
-        live = compare(snapshot, name, sequential=True, alpha=policy.alpha, min_units=n)
-    fixed = compare(snapshot, name, sequential=False, alpha=policy.alpha, min_units=n)
+        live = compare(snapshot, name, sequential=True, alpha=a, min_units=n)
+    fixed = compare(snapshot, name, sequential=False, alpha=a, min_units=n)
     if live.control is None and live.treatment is None:
         return None
     m = METRICS.get(name)
@@ -276,8 +278,8 @@ def period_rows(
         m = metric(policy.primary_metric)
     except KeyError:
         return []
-    fixed = compare(snapshot, policy.primary_metric, sequential=False, alpha=policy.alpha,
-                    min_units=policy.min_evidence_units)  # fmt: skip
+    fixed = compare(snapshot, policy.primary_metric, sequential=False,
+                    alpha=policy.primary_level, min_units=policy.min_evidence_units)  # fmt: skip
     weights = {p.period: p.weight for p in fixed.periods}
     known = {int(r.get("period", -1)): r for r in records}
     out: list[PeriodRow] = []
@@ -354,7 +356,8 @@ def build_report(
     a, n = policy.alpha, policy.min_evidence_units
     unused: dict[str, MetricLooks] = {}  # the report reads the memory, never writes it
     rows: list[MetricRow] = []
-    live = lk.primary(snapshot, policy.primary_metric, memory, unused, alpha=a, min_units=n)
+    live = lk.primary(snapshot, policy.primary_metric, memory, unused,
+                      alpha=policy.primary_level, min_units=n)  # fmt: skip
     primary = _row(snapshot, policy.primary_metric, "primary", policy, live)
     if primary is not None:
         rows.append(primary)

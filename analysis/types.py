@@ -359,9 +359,29 @@ class Policy(BaseModel):
     )
     min_step_seconds: float = Field(default=3600.0, ge=0)
     interval_seconds: float = Field(default=60.0, gt=0)
-    alpha: float = Field(default=0.05, gt=0, lt=0.5)
+    alpha: float = Field(
+        default=0.05,
+        gt=0,
+        lt=0.5,
+        description="The false-action budget of an experiment without an effect; each "
+        "guardrail's non-inferiority test runs at this level",
+    )
+    primary_alpha: float | None = Field(
+        default=None,
+        gt=0,
+        lt=0.5,
+        description="The primary metric's two-sided always-valid test (promotion and rollback "
+        "share it); default alpha / 2",
+    )
     srm_threshold: float = Field(default=0.001, gt=0, lt=0.5)
     srm_min_units: int = Field(default=100, ge=10)
+
+
+    @property
+    def primary_level(self) -> float:
+        """The level of the primary metric's two-sided test: `primary_alpha`, else α / 2
+        (docs/statistics.md, "The false-action budget")."""
+        return self.primary_alpha if self.primary_alpha is not None else self.alpha / 2
 
 
 class StepState(BaseModel):

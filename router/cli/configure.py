@@ -38,7 +38,7 @@ CAPTURE_FIELDS = ("rate", "max_items", "retention_days")
 POLICY_FIELDS = (
     "auto", "primary_metric", "higher_is_better", "promote_when", "non_inferiority_margin",
     "guardrails", "min_units_per_arm", "min_evidence_units", "min_step_seconds",
-    "interval_seconds", "alpha", "srm_threshold", "srm_min_units",
+    "interval_seconds", "alpha", "primary_alpha", "srm_threshold", "srm_min_units",
 )  # fmt: skip
 
 Rules = Annotated[
@@ -170,6 +170,9 @@ def register(app: typer.Typer) -> None:
         min_step_seconds: Annotated[float | None, typer.Option()] = None,
         interval_seconds: Annotated[float | None, typer.Option()] = None,
         alpha: Annotated[float | None, typer.Option()] = None,
+        primary_alpha: Annotated[
+            float | None, typer.Option(help="the primary metric's test; default alpha / 2")
+        ] = None,
         srm_threshold: Annotated[float | None, typer.Option()] = None,
         srm_min_units: Annotated[int | None, typer.Option()] = None,
         ramp: Annotated[
@@ -185,8 +188,8 @@ def register(app: typer.Typer) -> None:
             "promote_when": promote_when, "non_inferiority_margin": non_inferiority_margin,
             "min_units_per_arm": min_units_per_arm, "min_evidence_units": min_evidence_units,
             "min_step_seconds": min_step_seconds,
-            "interval_seconds": interval_seconds, "alpha": alpha, "srm_threshold": srm_threshold,
-            "srm_min_units": srm_min_units,
+            "interval_seconds": interval_seconds, "alpha": alpha, "primary_alpha": primary_alpha,
+            "srm_threshold": srm_threshold, "srm_min_units": srm_min_units,
         }  # fmt: skip
         change: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
         specs = [_guardrail(s) for s in guardrail or []]  # bad flags fail before any call
@@ -287,6 +290,8 @@ def _shown(key: str, value: Any) -> str:
         return ", ".join(f"{s:g}" for s in value) + " %"
     if key == "higher_is_better" and value is None:
         return "(the metric catalogue's direction)"
+    if key == "primary_alpha" and value is None:
+        return "(alpha / 2)"
     if isinstance(value, bool):
         return "yes" if value else "no"
     return f"{value:g}" if isinstance(value, float) else str(value)
