@@ -14,6 +14,10 @@ Rules, in order (the first that applies wins):
    margin) *and every guardrail is `non_inferior`*; otherwise **hold**.
 6. Otherwise **advance** to the next ramp step.
 
+Levels (docs/statistics.md, "The false-action budget"): the primary metric's two-sided test
+runs at `policy.primary_level` (`primary_alpha`, default alpha / 2: promotions and rollbacks on
+it share that), each guardrail at `alpha`.
+
 No test acts on thin evidence: the primary metric and every guardrail are tested only once each
 arm has `min_evidence_units` units with data for the metric (units that voted, for the thumbs-up
 rate; analysis/metrics.py), so neither rule 2, 3 nor 5 can fire before; until then they are

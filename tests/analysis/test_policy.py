@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from analysis.policy import decide
+from analysis.report import build_report
 from analysis.stats.bernoulli import latency_bucket
 from analysis.types import (
     ArmSnapshot,
@@ -148,3 +149,26 @@ def test_insufficient_data_holds(rng: np.random.Generator) -> None:
     assert d.action == "hold"
     assert d.primary is not None and d.primary.test.status == "insufficient_data"
     assert "nan" not in d.model_dump_json().lower()
+
+
+def test_primary_metric_tested_at_primary_alpha(rng: np.random.Generator) -> None:
+    """The primary metric's two-sided test runs at `primary_alpha`, by default half the policy's
+    alpha (the false-action budget); the guardrails keep alpha. A lift whose always-valid
+    p-value lies between the two is promoted only when the primary gets the whole alpha."""
+    c, t = _arm(rng, 3000), _arm(rng, 3000, up=0.722)
+    whole = _decide(50, c, t, primary_alpha=0.05)
+    assert whole.primary is not None and 0.025 < whole.primary.test.p_value < 0.05
+    assert whole.action == "promote" and whole.primary.test.alpha == 0.05
+    default = _decide(50, c, t)
+    assert default.primary is not None and default.primary.test.alpha == 0.025
+    assert default.action == "hold" and "significantly better" in default.reasons[0]
+    assert default.primary.test.p_value == whole.primary.test.p_value  # same data, same p
+    assert [g.test.alpha for g in default.guardrails if g.test is not None] == [0.05] * 4
+    assert Policy(alpha=0.1).primary_level == 0.05
+    # the report tests the primary metric at the controller's level (one truth)
+    for policy, verdict in (({}, "no significant difference"), ({"primary_alpha": 0.05}, "better")):
+        experiment = {"state": "running", "policy": policy, "ramp_steps": STEPS,
+                      "control": {"model": "base"}, "treatment": {"model": "v2"}}  # fmt: skip
+        row = build_report(experiment, _snap(50, c, t), [], [], NOW).metrics[0]
+        assert row.role == "primary" and row.verdict == verdict, row
+    assert Policy(alpha=0.1, primary_alpha=0.01).primary_level == 0.01

@@ -123,18 +123,22 @@ def test_policy_show_and_set(gw: Proc) -> None:
     assert "min_units_per_arm        300" in shown.stdout
     assert "guardrails               error_rate:0.01, latency_p95_ms:0.25:relative" in shown.stdout
     assert "ramp_steps               5, 10, 25, 50, 100 %" in shown.stdout
+    assert "primary_alpha            (alpha / 2)" in shown.stdout
 
     out = abgate(gw, "policy", "set", "cc-pol", "--no-auto", "--min-units-per-arm", "500",
                  "--guardrail", "latency_p95_ms:0.5:relative",
                  "--guardrail", "ttft_ms:0.3:relative",
-                 "--remove-guardrail", "escalation_rate", "--ramp", "10,50,100")  # fmt: skip
+                 "--remove-guardrail", "escalation_rate", "--ramp", "10,50,100",
+                 "--primary-alpha", "0.02")  # fmt: skip
     assert out.exit_code == 0, out.output
+    assert "primary_alpha (alpha / 2) -> 0.02" in out.stdout
     assert "auto yes -> no" in out.stdout and "min_units_per_arm 300 -> 500" in out.stdout
     assert "ramp_steps 5, 10, 25, 50, 100 % -> 10, 50, 100 %" in out.stdout
     exp = api(gw, "GET", "/experiments/cc-pol")
     policy = exp["policy"]
     assert policy["auto"] is False and policy["min_units_per_arm"] == 500
     assert policy["alpha"] == 0.01  # not named, kept
+    assert policy["primary_alpha"] == 0.02
     assert [(g["metric"], g["margin"], g["relative"]) for g in policy["guardrails"]] == [
         ("error_rate", 0.01, False), ("latency_p95_ms", 0.5, True),
         ("cost_per_request", 0.25, True), ("ttft_ms", 0.3, True),
