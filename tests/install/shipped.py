@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tomllib
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,21 +144,48 @@ def _prune(name: str, keep: Path) -> None:
                 lock.unlink(missing_ok=True)
 
 
+def _create(name: str, path: Path) -> None:
+    if not (path / ".created").exists():
+        shutil.rmtree(path, ignore_errors=True)
+        out = subprocess.run(
+            [sys.executable, "-m", "venv", str(path)], capture_output=True, text=True,
+            timeout=INSTALL_TIMEOUT,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stdout + out.stderr
+        (path / ".created").touch()
+        _prune(name, path)
+
+
 @contextmanager
 def cached_venv(name: str, *key_parts: str) -> Iterator[Venv]:
     """A clean virtualenv (pip and nothing else when new), held under its lock while in use."""
     path = cache_dir() / f"venv-{name}-{_key(*key_parts)}"
     with locked(path.with_name(path.name + ".lock")):
-        if not (path / ".created").exists():
-            shutil.rmtree(path, ignore_errors=True)
-            out = subprocess.run(
-                [sys.executable, "-m", "venv", str(path)], capture_output=True, text=True,
-                timeout=INSTALL_TIMEOUT,
-            )  # fmt: skip
-            assert out.returncode == 0, out.stdout + out.stderr
-            (path / ".created").touch()
-            _prune(name, path)
+        _create(name, path)
         yield Venv(path)
+
+
+@contextmanager
+def shared_venv(
+    name: str, *key_parts: str, marker: str, setup: Callable[[Venv], None]
+) -> Iterator[Venv]:
+    """A kept virtualenv that several test runs may use at once: `setup` installs into it
+    under the exclusive lock, once (`marker` is written last); using it holds a shared lock,
+    which keeps other runs from rebuilding or pruning it but not from using it."""
+    path = cache_dir() / f"venv-{name}-{_key(*key_parts)}"
+    with path.with_name(path.name + ".lock").open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH)
+            if not (path / marker).exists():
+                fcntl.flock(handle, fcntl.LOCK_EX)  # converts: waits for the other users
+                if not (path / marker).exists():
+                    _create(name, path)
+                    setup(Venv(path))
+                    (path / marker).write_text("\n".join(key_parts))
+                fcntl.flock(handle, fcntl.LOCK_SH)
+            yield Venv(path)
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @contextmanager

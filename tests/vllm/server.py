@@ -36,7 +36,7 @@ from pathlib import Path
 import httpx
 
 from router.runtime.embedded_redis import free_port
-from tests.install.shipped import INSTALL_TIMEOUT, Venv, cache_dir, cached_venv, locked
+from tests.install.shipped import INSTALL_TIMEOUT, Venv, cache_dir, locked, shared_venv
 from tests.procs import ROOT, Proc
 
 VLLM_VERSION = "0.32.0"
@@ -55,21 +55,22 @@ def external_url() -> str | None:
     return os.environ.get("ABGATE_TEST_VLLM_URL") or None
 
 
+def _install(venv: Venv) -> None:
+    steps = [
+        ["python", "-m", "pip", "install", "-q", "--upgrade", "pip"],
+        # no byte-compiling of the ~30,000 files: only what vLLM imports gets compiled
+        ["python", "-m", "pip", "install", "-q", "--no-compile", *REQUIREMENTS],
+        ["python", "-m", "pip", "uninstall", "-q", "-y", *REMOVE],
+    ]
+    for argv in steps:
+        out = venv.run(*argv, cwd=ROOT, timeout=INSTALL_TIMEOUT)
+        assert out.returncode == 0, (argv, out.stdout[-3000:] + out.stderr[-3000:])
+
+
 @contextmanager
 def vllm_venv() -> Iterator[Venv]:
-    """The vLLM virtualenv, installed once (`.vllm` written last), held while in use."""
-    with cached_venv("vllm", *REQUIREMENTS) as venv:
-        marker = venv.path / ".vllm"
-        if not marker.exists():
-            steps = [
-                ["python", "-m", "pip", "install", "-q", "--upgrade", "pip"],
-                ["python", "-m", "pip", "install", "-q", *REQUIREMENTS],
-                ["python", "-m", "pip", "uninstall", "-q", "-y", *REMOVE],
-            ]
-            for argv in steps:
-                out = venv.run(*argv, cwd=ROOT, timeout=INSTALL_TIMEOUT)
-                assert out.returncode == 0, (argv, out.stdout[-3000:] + out.stderr[-3000:])
-            marker.write_text("\n".join(REQUIREMENTS))
+    """The vLLM virtualenv, installed once, shared by the test runs using it at once."""
+    with shared_venv("vllm", *REQUIREMENTS, marker=".vllm", setup=_install) as venv:
         yield venv
 
 
@@ -96,6 +97,14 @@ def assets(venv: Venv) -> Path:
             if other != path and other.suffix != ".lock":
                 shutil.rmtree(other, ignore_errors=True)
     return path
+
+
+def prepare() -> None:
+    """The virtualenv and the assets, ready for `vllm_server` (run early, in the background,
+    while other tests run: tests/vllm/conftest.py)."""
+    if external_url() is None:
+        with vllm_venv() as venv:
+            assets(venv)
 
 
 @dataclass
