@@ -376,7 +376,6 @@ class Policy(BaseModel):
     srm_threshold: float = Field(default=0.001, gt=0, lt=0.5)
     srm_min_units: int = Field(default=100, ge=10)
 
-
     @property
     def primary_level(self) -> float:
         """The level of the primary metric's two-sided test: `primary_alpha`, else α / 2

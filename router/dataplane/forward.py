@@ -1,7 +1,8 @@
 """Sending a planned request to its arm's replicas and relaying the answer.
 
-A treatment that fails before anything reached the client (no response, or a 5xx) is replaced
-by control when the experiment falls back to control, with control's own target timeouts; the
+A treatment that fails before anything reached the client (no response, a 5xx, or a 404: its
+model is missing on the replica, which vLLM answers "does not exist") is replaced by control
+when the experiment falls back to control, with control's own target timeouts; the
 request still counts as a treatment error (router/dataplane/outcome.py names the recorded
 errors). With no response at all the client gets an OpenAI-shaped error: 504 after a timeout,
 503 when every pooled connection to the replica stayed busy for the pool timeout, 502 otherwise
@@ -114,7 +115,9 @@ def _falls_back(
         plan.arm is not None
         and plan.arm.arm == "treatment"
         and exp.experiment.fallback_to_control
-        and (failure is not None or (resp is not None and resp.status >= 500))
+        and (
+            failure is not None or (resp is not None and (resp.status >= 500 or resp.status == 404))
+        )
     )
 
 

