@@ -45,8 +45,9 @@ __all__ = ["EMULATED_VLLM_VERSION", "create_app"]
 
 logger = logging.getLogger(__name__)
 
-#: ``GET /version``: vLLM 0.11 speaks nested error bodies; flat ones predate 0.10.1.
-EMULATED_VLLM_VERSION = {"nested": "0.11.0+abgate.emulator", "flat": "0.10.0+abgate.emulator"}
+#: ``GET /version``: the nested mode answers as vLLM 0.32 (tests/vllm/test_contract.py); flat
+#: error bodies predate 0.10.1.
+EMULATED_VLLM_VERSION = {"nested": "0.32.0+abgate.emulator", "flat": "0.10.0+abgate.emulator"}
 #: Full-length sequences the emulated KV cache holds (for `vllm:kv_cache_usage_perc`).
 KV_SEQUENCES = 16
 
@@ -55,25 +56,61 @@ def _json(payload: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(payload), status_code=status, media_type="application/json")
 
 
+def _summarized(value: Any) -> Any:
+    """vLLM's size-bounded stand-in for a validation error's ``input``."""
+    if isinstance(value, str):
+        return value[:200] + "...[truncated]" if len(value) > 200 else value
+    if isinstance(value, (bytes, bytearray)):
+        return f"<{type(value).__name__} of {len(value)} bytes>"
+    if isinstance(value, (list, tuple, set, frozenset, dict)):
+        return f"<{type(value).__name__} of {len(value)} items>"
+    text = str(value)
+    return text[:200] + "...[truncated]" if len(text) > 200 else text
+
+
+def _dotted(loc: Any) -> str:
+    """A validation error's ``loc`` as vLLM writes it (``body.lora_path``), without pydantic's
+    internal markers (``function-after[...]``, ``union``, ...)."""
+    parts = [str(part) for part in loc]
+    kept = [p for p in parts if not any(c in p for c in "[]{}()") and p.lower() not in _MARKERS]
+    return ".".join(kept or parts)
+
+
+_MARKERS = frozenset(
+    ("function-wrap", "function-after", "function-before", "function-plain", "json-or-python",
+     "lax-or-strict", "chain", "default", "nullable", "tagged-union", "union", "call",
+     "arguments", "is-instance", "is-subclass", "callable", "str", "int", "float", "bool",
+     "bytes", "bytearray", "list", "tuple", "dict", "set", "frozenset", "complex", "none",
+     "nonetype")
+)  # fmt: skip
+
+
 def _validation_error(exc: RequestValidationError) -> EmulatorError:
-    """vLLM's 400 for a request that fails validation (bad JSON, bad field, failed check)."""
+    """vLLM 0.32's 400 for a request that fails validation (bad JSON, a missing or mistyped
+    field): type ``Bad Request``, ``param`` the first error's dotted location, and a message
+    listing the errors. A failed check that names its field (`ParamError`, vLLM's own
+    validation) is a ``BadRequestError`` with that message instead."""
     problems = list(exc.errors())
     for problem in problems:
         cause = problem.get("ctx", {}).get("error")
         if isinstance(cause, ParamError):
             return errors.bad_request(cause.message, cause.param)
-    parts: list[str] = []
-    params: list[str] = []
-    for problem in problems:
-        if problem.get("type") == "json_invalid":
-            detail = problem.get("ctx", {}).get("error")
-            parts.append(f"JSON decode error: {detail}" if detail else "JSON decode error")
-            continue
-        fields = [str(part) for part in problem.get("loc", ()) if part != "body"]
-        parts.append(f"{'.'.join(fields)}: {problem.get('msg')}" if fields else problem["msg"])
-        if fields and not fields[0].isdigit():
-            params.append(fields[0])
-    return errors.bad_request("; ".join(parts) or "Invalid request.", params[0] if params else None)
+    if not problems:
+        return EmulatorError(400, "Bad Request", "Validation error")
+    lines: list[str] = []
+    for problem in problems[:10]:
+        shown = dict(problem)
+        if "input" in shown:
+            shown["input"] = _summarized(shown["input"])
+        shown["loc"] = _dotted(shown.get("loc", ()))
+        text = str(shown)
+        lines.append(f"  {text[:1000] + '...[truncated]' if len(text) > 1000 else text}")
+    label = "error" if len(problems) == 1 else "errors"
+    if len(problems) > 10:
+        lines.append(f"  ...and {len(problems) - 10} more {label}")
+    message = f"{len(problems)} validation {label}:\n" + "\n".join(lines)
+    param = _dotted(problems[0]["loc"]) if problems[0].get("loc") else None
+    return EmulatorError(400, "Bad Request", message, param)
 
 
 class _Server:
@@ -108,7 +145,7 @@ class _Server:
             if adapter is not None:
                 return adapter.name, adapter.name, config.profile_for(adapter.name)
             if requested not in config.served_model_names:
-                raise errors.model_not_found(requested)
+                raise errors.model_not_found(requested, config.served_model_names)
         for name in (requested, config.model_name, config.base_model):
             if name and name in config.profiles:
                 return config.model_name, None, config.profiles[name]
@@ -234,7 +271,12 @@ def create_app(config: EmulatorConfig, *, registry: CollectorRegistry | None = N
 
         @app.post("/v1/load_lora_adapter")
         async def load_lora_adapter(request: LoadLoRAAdapterRequest) -> Response:
-            await server.loras.load(request.lora_name, request.lora_path)
+            await server.loras.load(
+                request.lora_name,
+                request.lora_path,
+                inplace=request.load_inplace,
+                base_names=tuple(config.served_model_names),
+            )
             message = f"Success: LoRA adapter '{request.lora_name}' added successfully."
             return Response(content=message, status_code=200)
 

@@ -132,7 +132,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-lora-rank",
         type=_positive_int,
         default=16,
-        help="adapters of a higher rank fail to load (400)",
+        help="adapters of a higher rank fail to load (500, as in vLLM 0.32)",
     )
     models.add_argument(
         "--lora-load-latency-ms",

@@ -114,18 +114,27 @@ class Engine:
         lengths = [count_tokens(prompt) for prompt in prompts]
         limit = request.token_limit
         max_len = self._config.max_model_len
+        # vLLM 0.32: max_tokens above the context length and prompts that leave no room are
+        # refused; otherwise max_tokens is cut to the room the prompt leaves.
+        if limit is not None and limit > max_len:
+            raise errors.bad_request(
+                f"max_tokens={limit} cannot be greater than max_model_len={max_len}. Please "
+                f"request fewer output tokens. (parameter=max_tokens, value={limit})",
+                "max_tokens",
+            )
         for length in lengths:
-            if length >= max_len:
+            if length > max_len:
                 raise errors.bad_request(
                     f"This model's maximum context length is {max_len} tokens. However, your "
-                    f"request has {length} input tokens. Please reduce the length of the input "
-                    "messages."
+                    f"prompt contains {length} input tokens, which exceeds this limit even "
+                    "without any output tokens. Please reduce the length of the input prompt. "
+                    f"(parameter=input_tokens, value={length})",
+                    "input_tokens",
                 )
-            if limit is not None and length + limit > max_len:
+            if length == max_len:
                 raise errors.bad_request(
-                    f"This model's maximum context length is {max_len} tokens. However, you "
-                    f"requested {length + limit} tokens ({length} in the messages, {limit} in "
-                    "the completion). Please reduce the length of the messages or completion."
+                    "max_tokens must be at least 1, got 0. (parameter=max_tokens, value=0)",
+                    "max_tokens",
                 )
         choices = tuple(
             self._answer(model, profile, prompt, min(limit or max_len, max_len - length), sample)

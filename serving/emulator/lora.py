@@ -91,29 +91,43 @@ class LoRARegistry:
     def _lock(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name, asyncio.Lock())
 
-    async def load(self, name: str, path: str) -> LoRAAdapter:
-        """``/v1/load_lora_adapter``: validate, then register.
+    async def load(
+        self, name: str, path: str, *, inplace: bool = False, base_names: tuple[str, ...] = ()
+    ) -> LoRAAdapter:
+        """``/v1/load_lora_adapter``: validate, then register (vLLM 0.32's order of checks).
+
+        ``inplace`` (``load_inplace``) reloads a name already loaded, keeping its id;
+        ``base_names`` are the served base names, which no adapter may take.
 
         Raises:
-            EmulatorError: 400 for an empty name or path or a name already loaded, 404 when the
-                path holds no adapter.
+            EmulatorError: 400 for an empty name or path, a base model's name or a name already
+                loaded (without ``inplace``), 404 when the path holds no adapter, 500 when the
+                rank exceeds ``--max-lora-rank`` (the engine refuses the weights).
         """
         if not name or not path:
             raise errors.lora_name_and_path_required()
         async with self._lock(name):
-            if name in self._adapters:
+            if name in base_names:
+                raise errors.base_name_conflict(name)
+            previous = self._adapters.get(name)
+            if previous is not None and not inplace:
                 raise errors.adapter_already_loaded(name)
             if not await asyncio.to_thread(adapter_exists, path):
                 raise errors.adapter_path_invalid(name, path)
             rank = await asyncio.to_thread(adapter_rank, path)
             if rank > self._max_rank:
-                # vLLM validates the weights on load (PR #11727); ~v0.7-0.10 answer 400
-                raise errors.bad_request(
+                # vLLM validates the weights on load (PR #11727): ~v0.7-0.10 answered 400, 0.32
+                # answers 500 with the worker's message
+                raise errors.lora_load_failed(
                     f"LoRA rank {rank} is greater than max_lora_rank {self._max_rank}."
                 )
             if self._load_latency:
                 await asyncio.sleep(self._load_latency)  # reading weights takes time
-            adapter = self._register(name, path)
+            if previous is not None:
+                adapter = LoRAAdapter(name, path, previous.int_id, previous.parent)
+                self._adapters[name] = adapter
+            else:
+                adapter = self._register(name, path)
         logger.info("loaded LoRA adapter %s (id %d)", name, adapter.int_id)
         return adapter
 

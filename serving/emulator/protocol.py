@@ -26,7 +26,7 @@ __all__ = [
 class ParamError(ValueError):
     """A validation error that names the offending request field (vLLM's ``param``)."""
 
-    def __init__(self, message: str, param: str) -> None:
+    def __init__(self, message: str, param: str | None) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
@@ -80,10 +80,23 @@ class _GenerationRequest(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _check_stream_options(cls, data: Any) -> Any:
-        # vLLM tests truthiness: `stream_options: {}` or `null` without `stream` passes.
-        if isinstance(data, dict) and data.get("stream_options") and not data.get("stream"):
+        if not isinstance(data, dict):
+            return data
+        # vLLM 0.32's own checks of n and max_tokens (before the types are checked)
+        n, max_tokens = data.get("n"), data.get("max_tokens")
+        if isinstance(n, int) and not isinstance(n, bool) and n < 1:
+            raise ParamError(f"n must be at least 1, got {n}.", None)
+        if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) and max_tokens < 1:
             raise ParamError(
-                "Stream options can only be defined when `stream=True`.", "stream_options"
+                f"max_tokens must be at least 1, got {max_tokens}. "
+                f"(parameter=max_tokens, value={max_tokens})",
+                "max_tokens",
+            )
+        # vLLM tests truthiness: `stream_options: {}` or `null` without `stream` passes.
+        if data.get("stream_options") and not data.get("stream"):
+            raise ParamError(
+                "Stream options can only be defined when `stream=True`. (parameter=stream_options)",
+                "stream_options",
             )
         return data
 
@@ -129,7 +142,8 @@ class CompletionRequest(_GenerationRequest):
     def _check_prompt(self) -> CompletionRequest:
         if self.prompt is None or self.prompt in ("", []):
             raise ParamError(
-                "Either prompt or prompt_embeds must be provided and non-empty.", "prompt"
+                "Either prompt or prompt_embeds must be provided and non-empty. (parameter=prompt)",
+                "prompt",
             )
         return self
 
@@ -174,6 +188,7 @@ class LoadLoRAAdapterRequest(BaseModel):
 
     lora_name: str
     lora_path: str
+    load_inplace: bool = False
 
 
 class UnloadLoRAAdapterRequest(BaseModel):

@@ -10,7 +10,9 @@ import pytest
 from serving.emulator import ModelProfile, answer_is_good, generate, is_good_answer
 from tests.serving.emulator_helpers import CHAT, chat, client_for, make_app, sse_events
 
-STREAM_OPTIONS_MESSAGE = "Stream options can only be defined when `stream=True`."
+STREAM_OPTIONS_MESSAGE = (
+    "Stream options can only be defined when `stream=True`. (parameter=stream_options)"
+)
 
 
 # -- inference, non-streaming ------------------------------------------------------------------
@@ -93,10 +95,23 @@ async def test_request_id_header_is_echoed_and_names_the_response(
 
 
 async def test_context_length_is_enforced() -> None:
+    """As vLLM 0.32: max_tokens above the context length and prompts that fill it are refused;
+    a max_tokens beyond the room the prompt leaves is cut to that room."""
     async with client_for(make_app(max_model_len=10)) as c:
-        response = await chat(c, max_tokens=8)
-    assert response.status_code == 400
-    assert "maximum context length is 10 tokens" in response.json()["error"]["message"]
+        too_many = await chat(c, max_tokens=11)
+        cut = await c.post("/v1/completions", json={"prompt": "one two three", "max_tokens": 10})
+        full = await c.post("/v1/completions", json={"prompt": " ".join(["w"] * 10)})
+        over = await c.post("/v1/completions", json={"prompt": " ".join(["w"] * 12)})
+    assert too_many.status_code == 400
+    assert too_many.json()["error"]["param"] == "max_tokens"
+    assert too_many.json()["error"]["message"].startswith(
+        "max_tokens=11 cannot be greater than max_model_len=10."
+    )
+    assert cut.status_code == 200 and cut.json()["usage"]["total_tokens"] <= 10
+    assert full.status_code == 400
+    assert full.json()["error"]["message"].startswith("max_tokens must be at least 1, got 0.")
+    assert over.status_code == 400 and over.json()["error"]["param"] == "input_tokens"
+    assert "your prompt contains 12 input tokens" in over.json()["error"]["message"]
 
 
 # -- streaming ---------------------------------------------------------------------------------
