@@ -253,7 +253,8 @@ SCHEMA: tuple[KeyDoc, ...] = (
            "admin API (`abgate eval --register`)",
            "treatment model -> its newest registered eval report"),
     KeyDoc(ADAPTERS, "hash", "kept (admin data: one entry per adapter)", "adapter registry",
-           "adapter name -> JSON record (name, path, base model, replica URLs)"),
+           "adapter name -> JSON record (name, path, base model, replica URLs, origin: "
+           "admin or server_start)"),
     KeyDoc(adapter_state("<name>"), "hash",
            "kept (one entry per replica of a registered adapter)", "adapter registry",
            "model-server replica URL -> JSON state (`loading`, `ready`, `failed`, `draining`, "

@@ -5,9 +5,13 @@ Each call answers None when it worked, else the reason, worded for the adapter r
 loading a name that is already loaded is refused with 400 "has already been loaded" (counted as
 success, in either of vLLM's error shapes); the load route answers a bare 404 when runtime LoRA
 updating is off; unloading an unknown name answers 404 "cannot be found" (counted as unloaded).
+`served_adapters` reads the adapters a server lists in `/v1/models` (those with a `parent`),
+including the ones it loaded at its start (vLLM's `--lora-modules`).
 """
 
 from __future__ import annotations
+
+import orjson
 
 from serving.errors import UpstreamError
 from serving.upstream import Upstream, parse_error_body
@@ -15,6 +19,7 @@ from serving.upstream import Upstream, parse_error_body
 LOAD_TIMEOUT_SECONDS = 300
 PROBE_TIMEOUT_SECONDS = 60
 UNLOAD_TIMEOUT_SECONDS = 60
+MODELS_TIMEOUT_SECONDS = 5
 
 
 async def load_adapter(upstream: Upstream, name: str, path: str) -> str | None:
@@ -64,3 +69,30 @@ async def unload_adapter(upstream: Upstream, name: str) -> str | None:
     if status == 200 or (status == 404 and info and "cannot be found" in info.message):
         return None
     return f"unload: HTTP {status}: {info.message if info else ''}"
+
+
+async def served_adapters(upstream: Upstream) -> dict[str, tuple[str, str]] | None:
+    """The LoRA adapters the server lists in `/v1/models`: name -> (path, base model), from each
+    card whose `parent` (the base model) is set; its `root` is the adapter's path. None when the
+    list could not be read."""
+    try:
+        status, body = await upstream.call("GET", "/models", limit=MODELS_TIMEOUT_SECONDS)
+    except UpstreamError:
+        return None
+    if status != 200:
+        return None
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    cards = data.get("data") if isinstance(data, dict) else None
+    if not isinstance(cards, list):
+        return None
+    found: dict[str, tuple[str, str]] = {}
+    for card in cards:
+        if not isinstance(card, dict):
+            continue
+        name, parent, root = card.get("id"), card.get("parent"), card.get("root")
+        if isinstance(name, str) and isinstance(parent, str) and parent:
+            found[name] = (root if isinstance(root, str) else "", parent)
+    return found

@@ -25,6 +25,7 @@ from router.admin.deps import (
     require_experiment,
 )
 from router.control.adapters import AdapterError, AdapterRecord
+from router.control.discovery import discover
 from router.control.evalgate import check_start
 from router.control.lifecycle import bump
 from router.errors import Conflict, GatewayError, NotFound, Unprocessable
@@ -73,6 +74,10 @@ class AdapterOut(BaseModel):
     state: str
     replicas: dict[str, dict[str, Any]]
     created_at: float
+    origin: str = Field(
+        description="admin: loaded through this API; server_start: the model server loaded it "
+        "at its start (vLLM's --lora-modules), found in its /v1/models"
+    )
 
 
 class AdapterList(BaseModel):
@@ -96,6 +101,7 @@ def _out(record: AdapterRecord) -> AdapterOut:
         urls=record.urls,
         state=record.state,
         created_at=record.created_at,
+        origin=record.origin,
         replicas={u: s.model_dump() for u, s in record.replicas.items()},
     )
 
@@ -120,6 +126,9 @@ def _in_use(gateway: Gateway, name: str) -> list[str]:
 
 @router.get("/adapters", response_model=AdapterList)
 async def list_adapters(gateway: GatewayDep) -> AdapterList:
+    """Every adapter in the registry, including those the healthy replicas list in their
+    /v1/models without the registry having loaded them (loaded at the server's start)."""
+    await discover(gateway.adapters)
     return AdapterList(adapters=[_out(r) for r in await gateway.adapters.all()])
 
 
@@ -170,8 +179,16 @@ async def swap(
     (versioned and audited); then drain and optionally unload the old one."""
     exp = require_experiment(name, gateway.table.experiments.get(name))
     new = body.treatment_model
+    await discover(gateway.adapters, exp.treatment.urls)  # adapters loaded at a server's start
     await _require_ready(gateway, new, exp.treatment.urls)
     old = exp.treatment.model
+    if body.unload_old and await gateway.adapters.get(old) is None:
+        raise Conflict(
+            f"cannot unload {old!r}: it is not a LoRA adapter of the treatment's replicas (the "
+            "registry does not know it and no replica lists it with a parent model in "
+            "/v1/models); swap without unload_old",
+            param="unload_old",
+        )
     records = await eval_records(gateway, exp)
 
     def repoint(current: Experiment | None, _: dict[str, Experiment]) -> Experiment:

@@ -8,9 +8,12 @@ import typer
 
 from router.cli.common import DEFAULT_URL, AsJson, Token, Url, admin_client, fail, print_json, say
 
+START = "loaded by the server at its start"
+
 
 def show(record: dict[str, Any]) -> None:
-    say(f"{record['name']}: {record['state']} ({record['path']})")
+    origin = f"; {START}" if record.get("origin") == "server_start" else ""
+    say(f"{record['name']}: {record['state']} ({record['path']}{origin})")
     for url, state in record["replicas"].items():
         reason = f" - {state['reason']}" if state.get("reason") else ""
         say(f"    {url}: {state['state']}{reason}")
@@ -27,7 +30,7 @@ def show_list(adapters: list[dict[str, Any]]) -> None:
             a["name"],
             a["state"],
             "\n".join(f"{u}: {s['state']}" for u, s in a["replicas"].items()),
-            a["path"],
+            a["path"] + (f"\n{START}" if a.get("origin") == "server_start" else ""),
         ]
         for a in adapters
     ]
@@ -41,7 +44,8 @@ def register(app: typer.Typer) -> None:
 
     @sub.command("list")
     def list_(as_json: AsJson = False, url: Url = DEFAULT_URL, token: Token = None) -> None:
-        """Adapters with their state on each replica."""
+        """Adapters with their state on each replica, including those a server loaded at its
+        start (vLLM's --lora-modules)."""
         data = admin_client(url, token).call("GET", "/admin/adapters")
         if as_json:
             print_json(data)
@@ -104,7 +108,9 @@ def register(app: typer.Typer) -> None:
         url: Url = DEFAULT_URL,
         token: Token = None,
     ) -> None:
-        """Repoint a running experiment's treatment to another adapter, atomically."""
+        """Repoint a running experiment's treatment to another adapter, atomically. With
+        --unload-old the old adapter is unloaded once drained, also one the server loaded at its
+        start; refused when the old treatment model is not an adapter (the base model)."""
         admin = admin_client(url, token)
         before = admin.call("GET", f"/admin/experiments/{experiment}")
         after = admin.call(

@@ -37,6 +37,9 @@ from serving.pool import ReplicaPool
 logger = logging.getLogger(__name__)
 
 ReplicaStateName = Literal["loading", "ready", "failed", "draining", "unloaded"]
+#: who loaded the adapter: the admin API, or the model server itself at its start (vLLM's
+#: `--lora-modules`), found in its /v1/models by router/control/discovery.py
+Origin = Literal["admin", "server_start"]
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,199}$")
 # Renewed every third of it while an operation runs; it only bounds how long the name stays
 # locked after a gateway instance died holding it.
@@ -69,6 +72,7 @@ class AdapterRecord(BaseModel):
     urls: list[str]
     replicas: dict[str, ReplicaState] = Field(default_factory=dict)
     created_at: float = 0.0
+    origin: Origin = "admin"
 
     @property
     def state(self) -> ReplicaStateName:
@@ -118,12 +122,14 @@ class AdapterManager:
         }
         return record.model_copy(update={"replicas": replicas})
 
-    async def _save(self, record: AdapterRecord) -> None:
+    async def save(self, record: AdapterRecord) -> None:
         """The record without its per-replica states (those are written one field each)."""
         static = record.model_copy(update={"replicas": {}})
         await self.redis.hset(keys.ADAPTERS, record.name, static.model_dump_json())
 
-    async def _set(self, name: str, url: str, state: ReplicaStateName, reason: str = "") -> None:
+    async def set_state(
+        self, name: str, url: str, state: ReplicaStateName, reason: str = ""
+    ) -> None:
         value = ReplicaState(state=state, reason=reason, at=time.time()).model_dump_json()
         await self.redis.hset(keys.adapter_state(name), url, value)
 
@@ -187,8 +193,9 @@ class AdapterManager:
                 name=name, path=path, base_model=base_model, urls=merged,
                 replicas=dict(existing.replicas) if existing else {},
                 created_at=existing.created_at if existing else time.time(),
+                origin=existing.origin if existing else "admin",
             )  # fmt: skip
-            await self._save(record)
+            await self.save(record)
             todo = [u for u in urls if not record.ready_on((u,))]
             await asyncio.gather(*(self._load_on(name, path, u) for u in todo))
             final = await self.get(name)
@@ -197,15 +204,15 @@ class AdapterManager:
             return final
 
     async def _load_on(self, name: str, path: str, url: str) -> None:
-        await self._set(name, url, "loading")
+        await self.set_state(name, url, "loading")
         upstream = self.replicas.replica(url).upstream
         failure = await load_adapter(upstream, name, path)
         if failure is None:
             failure = await probe_adapter(upstream, name)
         if failure is not None:
-            await self._set(name, url, "failed", failure)
+            await self.set_state(name, url, "failed", failure)
         else:
-            await self._set(name, url, "ready")
+            await self.set_state(name, url, "ready")
 
     # -- unload --------------------------------------------------------------------------------
 
@@ -217,7 +224,7 @@ class AdapterManager:
             if record is None:
                 raise AdapterError(f"no adapter named {name!r}", 404)
             for url in record.urls:
-                await self._set(name, url, "draining")
+                await self.set_state(name, url, "draining")
             deadline = time.monotonic() + drain_seconds
             while (n := await in_flight(name)) > 0:
                 if time.monotonic() > deadline:
@@ -232,14 +239,15 @@ class AdapterManager:
     async def _unload_on(self, name: str, url: str) -> None:
         failure = await unload_adapter(self.replicas.replica(url).upstream, name)
         if failure is not None:
-            await self._set(name, url, "failed", failure)
+            await self.set_state(name, url, "failed", failure)
         else:
-            await self._set(name, url, "unloaded")
+            await self.set_state(name, url, "unloaded")
 
     # -- reconcile -----------------------------------------------------------------------------
 
     async def reconcile(self) -> list[str]:
-        """Reload adapters that a healthy replica lost (a restart): what it did, per line."""
+        """Reload adapters that a healthy replica lost (a restart): what it did, per line. Not
+        those a server loaded at its start (origin ``server_start``): discovery follows them."""
         done: list[str] = []
         for record in await self.all():
             for url in record.urls:
@@ -247,6 +255,7 @@ class AdapterManager:
                 replica = self.replicas.replica(url)
                 if (
                     state is None
+                    or record.origin == "server_start"  # router/control/discovery.py's
                     or state.state != "ready"
                     or not replica.healthy
                     or replica.models is None

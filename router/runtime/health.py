@@ -6,8 +6,9 @@ field of one registry hash (router/keys.py), stamped with an expiry a few health
 ahead by Redis's own clock, so a stopped instance's counts stop counting without any clock of
 the gateway instances being compared. A drain reads that one hash (`in_flight`, ten times a
 second while it waits): the cost does not grow with the keyspace, which holds a key per
-recorded request. Reconciliation (reloading an adapter that a restarted replica lost) runs on
-one gateway instance at a time: whichever takes the reconciler lock for the round.
+recorded request. Reconciliation (recording the adapters a replica loaded at its start, and
+reloading an adapter that a restarted replica lost) runs on one gateway instance at a time:
+whichever takes the reconciler lock for the round.
 
 A Redis outage is reported to the runtime's `RedisState` (one log line when it starts, one
 when it ends), not logged on every tick.
@@ -26,6 +27,7 @@ from redis.exceptions import RedisError
 
 from router import keys
 from router.control.adapters import AdapterManager
+from router.control.discovery import discover
 from router.metrics import GatewayMetrics
 from router.runtime.redis_state import RedisState
 from router.settings import Settings
@@ -156,7 +158,7 @@ class HealthService:
     async def _reconcile(self, interval: float) -> None:
         if await self.redis.set(keys.RECONCILER, self.identity, nx=True,
                                 px=int(interval * 1000)):  # fmt: skip
-            for line in await self.adapters.reconcile():
+            for line in [*await discover(self.adapters), *await self.adapters.reconcile()]:
                 logger.info("reconciler: %s", line)
         self.metrics.adapter_state.clear()
         for record in await self.adapters.all():

@@ -182,7 +182,7 @@ def test_hot_swap_under_streaming_load(cluster: dict[str, Any]) -> None:
         "treatment": {"base_urls": urls(emus), "model": "v2"},
     }
     assert admin(gw, "POST", "/experiments", json=exp).status_code == 201
-    results: list[tuple[float, float, str]] = []  # (started, finished, model)
+    results: list[tuple[float, float, str]] = []  # (started, finished, model), wall clock
     errors: list[str] = []
     stop = threading.Event()
 
@@ -191,7 +191,7 @@ def test_hot_swap_under_streaming_load(cluster: dict[str, Any]) -> None:
             i = 0
             while not stop.is_set():
                 i += 1
-                started = time.monotonic()
+                started = time.time()
                 try:
                     chunks = list(
                         client.chat.completions.create(
@@ -204,7 +204,7 @@ def test_hot_swap_under_streaming_load(cluster: dict[str, Any]) -> None:
                     )
                     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
                     assert text
-                    results.append((started, time.monotonic(), chunks[0].model))
+                    results.append((started, time.time(), chunks[0].model))
                 except Exception as exc:
                     errors.append(repr(exc))
 
@@ -218,7 +218,7 @@ def test_hot_swap_under_streaming_load(cluster: dict[str, Any]) -> None:
         "/experiments/swap/swap",
         json={"treatment_model": "v3", "unload_old": True, "drain_seconds": 30},
     )
-    swapped = time.monotonic()
+    swapped = time.time()
     assert resp.status_code == 200, resp.text
     assert resp.json()["treatment"]["model"] == "v3"
     time.sleep(1.5)
@@ -338,3 +338,66 @@ def test_adapters_cli(cluster: dict[str, Any]) -> None:
     assert bad.returncode == 1 and "adapter v5 is failed" in bad.stderr
     swap = cli("swap", "swap", "nope")
     assert swap.returncode == 1 and "404" in swap.stderr
+
+
+def test_start_time_adapter_is_listed_and_unloaded_by_swap(cluster: dict[str, Any]) -> None:
+    """An adapter the server loaded at its start (the emulator's --lora, vLLM's --lora-modules)
+    is in `adapters list`, and `adapters swap --unload-old` away from it unloads it; with the
+    base model as the old treatment, --unload-old is refused loudly and nothing changes."""
+    import subprocess
+    import sys
+
+    from tests.procs import ROOT, base_env
+
+    gw, tmp = cluster["gw"], cluster["tmp"]
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "router", "adapters", *args, "--url", gw.url, "--token", TOKEN],
+            env=base_env(COLUMNS="200"),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    start_path = _adapter(tmp, "st-v1")
+    with emulator(tmp, "--base-model", "base", "--lora", f"st-v1={start_path}") as emu:
+        target = [emu.url + "/v1"]
+        exp = {
+            "name": "static",
+            "route": "static-route",
+            "treatment_percent": 100,
+            "control": {"base_urls": target, "model": "base"},
+            "treatment": {"base_urls": target, "model": "st-v1"},
+        }
+        assert admin(gw, "POST", "/experiments", json=exp).status_code == 201
+        listed = cli("list", "--json")
+        assert listed.returncode == 0, listed.stderr
+        record = next(a for a in json.loads(listed.stdout)["adapters"] if a["name"] == "st-v1")
+        assert record["origin"] == "server_start" and record["path"] == start_path
+        assert record["state"] == "ready" and record["urls"] == target
+        assert "at its start" in record["replicas"][target[0]]["reason"]
+        table = cli("list")
+        assert "st-v1" in table.stdout and "loaded by the server at its start" in table.stdout
+        loaded = cli("load", "st-v2", "--path", _adapter(tmp, "st-v2"), "--experiment", "static")
+        assert loaded.returncode == 0, loaded.stderr
+        swapped = cli("swap", "static", "st-v2", "--unload-old")
+        assert swapped.returncode == 0, swapped.stderr
+        deadline = time.monotonic() + 20
+        while "st-v1" in served(emu):
+            assert time.monotonic() < deadline, "swap --unload-old left st-v1 loaded"
+            time.sleep(0.1)
+        gone = next(
+            a for a in admin(gw, "GET", "/adapters").json()["adapters"] if a["name"] == "st-v1"
+        )
+        assert gone["state"] == "unloaded", gone
+        # a treatment on the base model: there is no adapter to unload, and the CLI says so
+        exp2 = {**exp, "name": "static-base", "route": "static-base-route"}
+        exp2["treatment"] = {"base_urls": target, "model": "base"}
+        assert admin(gw, "POST", "/experiments", json=exp2).status_code == 201
+        refused = cli("swap", "static-base", "st-v2", "--unload-old")
+        assert refused.returncode == 1 and "cannot unload 'base'" in refused.stderr
+        assert admin(gw, "GET", "/experiments/static-base").json()["treatment"]["model"] == "base"
+        for name in ("static", "static-base"):  # leave nothing routed to this emulator
+            admin(gw, "DELETE", f"/experiments/{name}")
