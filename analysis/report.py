@@ -43,6 +43,7 @@ class MetricRow(BaseModel):
     difference: float | None = None
     always_valid: Interval | None = None
     fixed_horizon: Interval | None = None
+    level: float | None = None  # the intervals' confidence level: 1 − the test's alpha
     p_value: float | None = None
     always_valid_p: float | None = None
     verdict: str
@@ -183,6 +184,7 @@ def _row(
         difference=live.test.difference,
         always_valid=live.test.interval,
         fixed_horizon=fixed.test.interval,
+        level=1 - a,
         p_value=fixed.test.p_value,
         always_valid_p=live.test.p_value,
         verdict=_direction_word(live, higher),
@@ -217,6 +219,7 @@ def _guardrail_row(g: GuardrailResult, snapshot: ExperimentSnapshot) -> MetricRo
         difference=t.difference,
         always_valid=t.interval,
         always_valid_p=t.p_value,
+        level=1 - t.alpha,
         verdict=g.verdict.replace("_", "-"),
         note=_margin(g) + f"; {g.reason}",
     )

@@ -141,7 +141,8 @@ def render_html(report: Report) -> str:
         **chart,
     )
     diff_chart = _chart(
-        f"{r.policy.primary_metric}: treatment − control, always-valid 95 % interval",
+        f"{r.policy.primary_metric}: treatment − control, always-valid "
+        f"{_pct(1 - r.policy.primary_level)} interval",
         [
             (
                 "difference",
@@ -171,7 +172,7 @@ def render_html(report: Report) -> str:
     rows = "".join(
         f"<tr class='{m.role}'><td>{html.escape(m.metric)}</td><td>{m.role}</td>"
         f"<td>{_fmt(m.control)}</td><td>{_fmt(m.treatment)}</td><td>{_fmt(m.difference)}</td>"
-        f"<td>{_iv(m.always_valid)}</td><td>{_iv(m.fixed_horizon)}</td>"
+        f"<td>{_iv(m.always_valid, m.level)}</td><td>{_iv(m.fixed_horizon, m.level)}</td>"
         f"<td>{_fmt(m.p_value, 3)}</td><td><b>{html.escape(m.verdict)}</b></td>"
         f"<td class='note'>{html.escape(m.note)}</td></tr>"
         for m in r.metrics
@@ -263,7 +264,7 @@ Units: {r.units["control"]} control, {r.units["treatment"]} treatment; requests:
 Generated {_when(r.generated_at)} UTC.</p>
 <h2>Metrics</h2>
 <table><tr><th>metric</th><th>role</th><th>control</th><th>treatment</th><th>difference</th>
-<th>always-valid 95 % CI</th><th>fixed-horizon 95 % CI</th><th>p (fixed)</th><th>verdict</th>
+<th>always-valid CI</th><th>fixed-horizon CI</th><th>p (fixed)</th><th>verdict</th>
 <th>note</th></tr>{rows}</table>
 <h2>Sample ratio</h2><p>{srm_text}. Tested on the units of the current ramp step, as the
 controller tests them.</p>{step_text}{outlook}
@@ -287,5 +288,14 @@ weighted by its precision (the weight).</p>
 """
 
 
-def _iv(interval: Interval | None) -> str:
-    return "–" if interval is None else f"[{interval.low:.4g}, {interval.high:.4g}]"
+def _pct(level: float) -> str:
+    return f"{100 * level:.4g} %"
+
+
+def _iv(interval: Interval | None, level: float | None = None) -> str:
+    """An interval with its confidence level (the primary metric's differs from the others'
+    by default: docs/statistics.md, "The false-action budget")."""
+    if interval is None:
+        return "–"
+    shown = f"[{interval.low:.4g}, {interval.high:.4g}]"
+    return shown if level is None else f"{shown} ({_pct(level)})"

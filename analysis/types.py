@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 BUILTIN_SIGNALS = ("thumbs_up", "thumbs_down", "escalation", "resolved", "regenerated")
 
@@ -375,6 +375,15 @@ class Policy(BaseModel):
     )
     srm_threshold: float = Field(default=0.001, gt=0, lt=0.5)
     srm_min_units: int = Field(default=100, ge=10)
+
+    @model_validator(mode="after")
+    def _primary_within_budget(self) -> Policy:
+        if self.primary_alpha is not None and self.primary_alpha > self.alpha:
+            raise ValueError(
+                f"primary_alpha ({self.primary_alpha:g}) must not exceed alpha ({self.alpha:g}), "
+                "the false-action budget"
+            )
+        return self
 
     @property
     def primary_level(self) -> float:

@@ -38,6 +38,8 @@ async def load_adapter(upstream: Upstream, name: str, path: str) -> str | None:
         return None
     if status == 404 and info is not None and info.type is None:
         message = "runtime LoRA loading is off (VLLM_ALLOW_RUNTIME_LORA_UPDATING)"
+    elif "<path>" in message:  # vLLM hides paths in its messages; the operator needs it
+        message += f" (path {path})"
     return f"load: HTTP {status}: {message}"
 
 

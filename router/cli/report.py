@@ -89,7 +89,7 @@ def show(rep: dict[str, Any]) -> None:
     )
     columns = [
         Column("metric"), Column("difference", justify="right"),
-        Column("always-valid 95% CI", justify="right"), Column("verdict"),
+        Column("always-valid CI", justify="right"), Column("verdict"),
         Column("role", "extra"), Column("control", "extra", "right"),
         Column("treatment", "extra", "right"),
     ]  # fmt: skip
@@ -97,6 +97,8 @@ def show(rep: dict[str, Any]) -> None:
     for m in rep["metrics"]:
         ci = m.get("always_valid")
         interval = "-" if ci is None else f"[{ci['low']:.4g}, {ci['high']:.4g}]"
+        if ci is not None and m.get("level") is not None:
+            interval += f" ({100 * m['level']:.4g}%)"
         rows.append(
             [
                 m["metric"], _num(m.get("difference")), interval, m["verdict"], m["role"],

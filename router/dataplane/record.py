@@ -91,8 +91,7 @@ def _observe(
     if plan.arm is None:
         return 0.0
     # on a fallback control served the request: its tokens, at control's prices
-    fell_back = out.kind in (OutcomeKind.FALLBACK_STATUS, OutcomeKind.FALLBACK_FAILURE)
-    priced = plan.exp.control if fell_back and plan.exp is not None else plan.arm
+    priced = plan.exp.control if out.fell_back and plan.exp is not None else plan.arm
     cost = _cost(priced, out)
     if cost:
         series.cost.inc(cost)

@@ -9,6 +9,7 @@ import pytest
 
 from analysis.policy import decide
 from analysis.report import build_report
+from analysis.report_html import render_html
 from analysis.stats.bernoulli import latency_bucket
 from analysis.types import (
     ArmSnapshot,
@@ -166,9 +167,24 @@ def test_primary_metric_tested_at_primary_alpha(rng: np.random.Generator) -> Non
     assert [g.test.alpha for g in default.guardrails if g.test is not None] == [0.05] * 4
     assert Policy(alpha=0.1).primary_level == 0.05
     # the report tests the primary metric at the controller's level (one truth)
-    for policy, verdict in (({}, "no significant difference"), ({"primary_alpha": 0.05}, "better")):
+    cases = (
+        ({}, "no significant difference", "97.5 %"),
+        ({"primary_alpha": 0.05}, "better", "95 %"),
+    )
+    for policy, verdict, level in cases:
         experiment = {"state": "running", "policy": policy, "ramp_steps": STEPS,
                       "control": {"model": "base"}, "treatment": {"model": "v2"}}  # fmt: skip
-        row = build_report(experiment, _snap(50, c, t), [], [], NOW).metrics[0]
+        rep = build_report(experiment, _snap(50, c, t), [], [], NOW)
+        row, guard = rep.metrics[0], rep.metrics[1]
         assert row.role == "primary" and row.verdict == verdict, row
+        # each interval is shown with its own level: the guardrails' stays 95 %
+        page = render_html(rep)
+        assert f"always-valid {level} interval" in page and f"({level})" in page
+        assert guard.role == "guardrail" and guard.level == 0.95
     assert Policy(alpha=0.1, primary_alpha=0.01).primary_level == 0.01
+
+
+def test_primary_alpha_cannot_exceed_the_budget() -> None:
+    with pytest.raises(ValueError, match="must not exceed alpha"):
+        Policy(alpha=0.01, primary_alpha=0.2)
+    assert Policy(alpha=0.05, primary_alpha=0.05).primary_level == 0.05

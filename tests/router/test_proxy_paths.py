@@ -439,3 +439,23 @@ async def test_refused_requests(
     assert err["message"].startswith(message)
     assert list(err) == ["message", "type", "param", "code", "request_id"]
     assert gw.replicas.calls == []
+
+
+async def test_a_fallback_stays_the_error_when_the_client_then_leaves() -> None:
+    """The treatment failed and control's stream was relayed when the client went away: the
+    request still counts as the treatment's failure, and control's tokens at control's prices
+    (a later event of control's relay does not erase the fallback)."""
+    prices = {"prompt_price_per_million": 1000.0, "completion_price_per_million": 2000.0}
+    usage = {"choices": [], "usage": USAGE}
+    chunks = _sse(*({"choices": [{"delta": {"content": str(i)}}]} for i in range(5)), usage)
+    gw = FakeGateway(
+        _table(target=prices),
+        {TREATMENT: [FakeResponse(503)], CONTROL: [FakeResponse(chunks=chunks)]},
+    )
+    await _run(gw, STREAM, disconnect=True)
+    event = gw.events[0]
+    assert event.error == "fallback_status_503" and event.cost_usd == 0.0
+    assert gw.breakers.fed == [True]
+    arm = {"route": "alias", "experiment": "exp", "arm": "treatment"}
+    assert gw.counter("abgate_upstream_errors_total", **arm, reason="fallback_status_503") == 1
+    assert gw.counter("abgate_upstream_errors_total", **arm, reason="client_closed") == 0
