@@ -125,8 +125,9 @@ class Venv:
         )  # fmt: skip
 
 
-def _key(*parts: str) -> str:
-    digest = hashlib.sha256(PYPROJECT.read_bytes())
+def _key(*parts: str, project: bool = True) -> str:
+    """The virtualenv's key: the Python, `parts` and, with `project`, pyproject.toml."""
+    digest = hashlib.sha256(PYPROJECT.read_bytes() if project else b"")
     for part in (sys.version, sys.base_prefix, *parts):
         digest.update(b"\0" + part.encode())
     return digest.hexdigest()[:16]
@@ -171,8 +172,9 @@ def shared_venv(
 ) -> Iterator[Venv]:
     """A kept virtualenv that several test runs may use at once: `setup` installs into it
     under the exclusive lock, once (`marker` is written last); using it holds a shared lock,
-    which keeps other runs from rebuilding or pruning it but not from using it."""
-    path = cache_dir() / f"venv-{name}-{_key(*key_parts)}"
+    which keeps other runs from rebuilding or pruning it but not from using it. Its key is
+    `key_parts` and the Python only: it holds none of the project's dependencies."""
+    path = cache_dir() / f"venv-{name}-{_key(*key_parts, project=False)}"
     with path.with_name(path.name + ".lock").open("a") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_SH)

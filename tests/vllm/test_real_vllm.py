@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import httpx
 
-from tests.vllm.server import VllmServer, models
+from tests.vllm.server import VLLM_VERSION, VllmServer, models
 
 
 def _chat(server: VllmServer, model: str, stream: bool = False) -> str:
@@ -39,3 +39,11 @@ def test_base_and_adapter_answer_differently_and_streams_match(vllm: VllmServer)
     base, lora = _chat(vllm, vllm.model), _chat(vllm, "a")
     assert base and lora and base != lora  # the adapter changes greedy output
     assert _chat(vllm, "a", stream=True) == lora  # streamed text equals the whole answer
+
+
+def test_the_suite_runs_the_version_it_documents(vllm: VllmServer) -> None:
+    """docs/vllm.md names the version the suite is tested against: the server it starts is it."""
+    version = httpx.get(vllm.url + "/version", timeout=10).json()["version"]
+    if vllm.proc is not None:  # started by the suite (not ABGATE_TEST_VLLM_URL)
+        assert version == VLLM_VERSION
+    assert version.split(".")[0].isdigit()
