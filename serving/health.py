@@ -91,13 +91,19 @@ async def _get(session: aiohttp.ClientSession, url: str, limit: float) -> tuple[
         return failure_reason(exc)
 
 
-def _model_ids(body: bytes) -> frozenset[str] | None:
+def model_cards(body: bytes) -> list[object] | None:
+    """The `data` list of a `/v1/models` answer, or None when the body is not one."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
         return None
     cards = data.get("data") if isinstance(data, dict) else None
-    if not isinstance(cards, list):
+    return cards if isinstance(cards, list) else None
+
+
+def _model_ids(body: bytes) -> frozenset[str] | None:
+    cards = model_cards(body)
+    if cards is None:
         return None
     return frozenset(c["id"] for c in cards if isinstance(c, dict) and isinstance(c.get("id"), str))
 

@@ -11,15 +11,20 @@ including the ones it loaded at its start (vLLM's `--lora-modules`).
 
 from __future__ import annotations
 
-import orjson
+import logging
 
 from serving.errors import UpstreamError
+from serving.health import model_cards
 from serving.upstream import Upstream, parse_error_body
 
 LOAD_TIMEOUT_SECONDS = 300
 PROBE_TIMEOUT_SECONDS = 60
 UNLOAD_TIMEOUT_SECONDS = 60
 MODELS_TIMEOUT_SECONDS = 5
+#: the most /v1/models cards `served_adapters` reads from one server
+MAX_MODEL_CARDS = 1000
+
+logger = logging.getLogger(__name__)
 
 
 async def load_adapter(upstream: Upstream, name: str, path: str) -> str | None:
@@ -76,25 +81,36 @@ async def unload_adapter(upstream: Upstream, name: str) -> str | None:
 async def served_adapters(upstream: Upstream) -> dict[str, tuple[str, str]] | None:
     """The LoRA adapters the server lists in `/v1/models`: name -> (path, base model), from each
     card whose `parent` (the base model) is set; its `root` is the adapter's path. None when the
-    list could not be read."""
+    list could not be read. Cards that cannot be an adapter are skipped (and logged): a parent
+    that is the card's own id, a root that is not a string; only the first `MAX_MODEL_CARDS`
+    cards are read."""
     try:
         status, body = await upstream.call("GET", "/models", limit=MODELS_TIMEOUT_SECONDS)
     except UpstreamError:
         return None
-    if status != 200:
+    cards = model_cards(body) if status == 200 else None
+    if cards is None:
         return None
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-    cards = data.get("data") if isinstance(data, dict) else None
-    if not isinstance(cards, list):
-        return None
+    if len(cards) > MAX_MODEL_CARDS:
+        logger.warning(
+            "%s lists %d models; reading the first %d only",
+            upstream.base_url, len(cards), MAX_MODEL_CARDS,
+        )  # fmt: skip
     found: dict[str, tuple[str, str]] = {}
-    for card in cards:
+    skipped: list[str] = []
+    for card in cards[:MAX_MODEL_CARDS]:
         if not isinstance(card, dict):
             continue
         name, parent, root = card.get("id"), card.get("parent"), card.get("root")
-        if isinstance(name, str) and isinstance(parent, str) and parent:
-            found[name] = (root if isinstance(root, str) else "", parent)
+        if not isinstance(name, str) or not isinstance(parent, str) or not parent:
+            continue  # a base model (no parent), or no name at all
+        if parent == name or not isinstance(root, str) or not root:
+            skipped.append(name[:200])
+            continue
+        found[name] = (root, parent)
+    if skipped:
+        logger.warning(
+            "%s: skipped %d model cards that are no adapter (parent is the card itself, or no "
+            "root path): %s", upstream.base_url, len(skipped), ", ".join(skipped[:10]),
+        )  # fmt: skip
     return found

@@ -29,7 +29,7 @@ from router.control.discovery import discover
 from router.control.evalgate import check_start
 from router.control.lifecycle import bump
 from router.errors import Conflict, GatewayError, NotFound, Unprocessable
-from router.experiments import Experiment
+from router.experiments import LIVE_STATES, Experiment
 from router.runtime.gateway import Gateway
 
 logger = logging.getLogger(__name__)
@@ -115,13 +115,22 @@ def _refuse(exc: AdapterError) -> GatewayError:
 
 
 def _in_use(gateway: Gateway, name: str) -> list[str]:
-    """The experiments (not final yet) whose control or treatment routes to adapter `name`."""
-    return [
-        e.name
-        for e in gateway.table.experiments.values()
-        if e.state in ("draft", "running", "paused")
-        and name in (e.treatment.model, e.control.model)
-    ]
+    """The experiments whose requests go, or may go, to adapter `name`: a live one (draft,
+    running, paused) through either arm; a final one while it still holds its route (no live
+    experiment replaced it): a promoted one through its treatment, a rolled-back one through its
+    control (router/dataplane/routing.py)."""
+    routes = gateway.table.routes
+    users: list[str] = []
+    for e in gateway.table.experiments.values():
+        if e.state in LIVE_STATES:
+            models: tuple[str, ...] = (e.treatment.model, e.control.model)
+        elif (held := routes.get(e.route)) is not None and held.name == e.name:
+            models = (e.treatment.model,) if e.state == "promoted" else (e.control.model,)
+        else:
+            models = ()
+        if name in models:
+            users.append(e.name)
+    return users
 
 
 @router.get("/adapters", response_model=AdapterList)
@@ -208,7 +217,7 @@ async def swap(
         await change(gateway, name, repoint, actor=actor, action="swap", reason=reason),
     )
     if body.unload_old and not _in_use(gateway, old):
-        task = asyncio.create_task(_retire(gateway, old, body.drain_seconds))
+        task = asyncio.create_task(_retire(gateway, old, body.drain_seconds, exp.treatment.urls))
         _retiring.add(task)
         task.add_done_callback(_retiring.discard)
     return swapped
@@ -229,9 +238,16 @@ async def _require_ready(gateway: Gateway, adapter: str, urls: tuple[str, ...]) 
         )
 
 
-async def _retire(gateway: Gateway, model: str, drain_seconds: float) -> None:
+async def _retire(
+    gateway: Gateway, model: str, drain_seconds: float, treatment: tuple[str, ...]
+) -> None:
+    """Unload the swapped-out adapter: from every replica of its record if the admin API loaded
+    it; one a server loaded at its start only from the experiment's treatment replicas (other
+    replicas that list it, such as a default upstream serving it to direct clients, keep it)."""
     try:
-        if await gateway.adapters.get(model) is not None:
-            await gateway.adapters.unload(model, gateway.in_flight, drain_seconds)
+        record = await gateway.adapters.get(model)
+        if record is not None:
+            only = treatment if record.origin == "server_start" else None
+            await gateway.adapters.unload(model, gateway.in_flight, drain_seconds, only)
     except (AdapterError, RedisError) as exc:
         logger.warning("could not unload %s after the swap: %s", model, exc)

@@ -21,7 +21,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from contextlib import asynccontextmanager
 from typing import Literal
 
@@ -217,13 +217,20 @@ class AdapterManager:
     # -- unload --------------------------------------------------------------------------------
 
     async def unload(
-        self, name: str, in_flight: Callable[[str], Awaitable[int]], drain_seconds: float = 30.0
+        self,
+        name: str,
+        in_flight: Callable[[str], Awaitable[int]],
+        drain_seconds: float = 30.0,
+        only: Collection[str] | None = None,
     ) -> AdapterRecord:
+        """Drain, then unload from every replica of the record (or those of them in `only`;
+        the others keep it as they are)."""
         async with self.lock(name):
             record = await self.get(name)
             if record is None:
                 raise AdapterError(f"no adapter named {name!r}", 404)
-            for url in record.urls:
+            urls = [u for u in record.urls if only is None or u in only]
+            for url in urls:
                 await self.set_state(name, url, "draining")
             deadline = time.monotonic() + drain_seconds
             while (n := await in_flight(name)) > 0:
@@ -231,7 +238,7 @@ class AdapterManager:
                     logger.warning("adapter %s: %d requests still running; unloading", name, n)
                     break
                 await asyncio.sleep(0.1)
-            await asyncio.gather(*(self._unload_on(name, u) for u in record.urls))
+            await asyncio.gather(*(self._unload_on(name, u) for u in urls))
             final = await self.get(name)
             assert final is not None
             return final

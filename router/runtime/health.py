@@ -8,7 +8,10 @@ the gateway instances being compared. A drain reads that one hash (`in_flight`, 
 second while it waits): the cost does not grow with the keyspace, which holds a key per
 recorded request. Reconciliation (recording the adapters a replica loaded at its start, and
 reloading an adapter that a restarted replica lost) runs on one gateway instance at a time:
-whichever takes the reconciler lock for the round.
+whichever takes the reconciler lock for the round. A round runs in its own task, one at a time
+(a round that comes due while the previous one still runs is skipped), so a slow /v1/models or
+a load that takes minutes never delays the health checks or the publishing of the in-flight
+counts, whose entries expire a few health intervals after they were written.
 
 A Redis outage is reported to the runtime's `RedisState` (one log line when it starts, one
 when it ends), not logged on every tick.
@@ -17,6 +20,7 @@ when it ends), not logged on every tick.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -98,6 +102,8 @@ class HealthService:
         self.model_inflight = model_inflight  # the request path counts here, by upstream model
         self.redis_state = redis_state or RedisState(metrics)
         self._last_reconcile = 0.0
+        #: the reconcile round running now, if any (tests await it)
+        self.reconciling: asyncio.Task[None] | None = None
         self._panics_seen: dict[str, int] = {}
         self._publish = redis.register_script(_PUBLISH)
         self._sum = redis.register_script(_SUM)
@@ -105,6 +111,12 @@ class HealthService:
     async def run(self) -> None:
         """Check every replica, then `tick`, each health interval until cancelled."""
         interval = self.settings.health_interval_seconds
+        try:
+            await self._loop(interval)
+        finally:
+            await self.stop_reconciling()
+
+    async def _loop(self, interval: float) -> None:
         while True:
             try:
                 await self.replicas.check_all(limit=min(interval, 2.0))
@@ -123,15 +135,30 @@ class HealthService:
 
     async def tick(self) -> None:
         """Publish the replica metrics and this gateway instance's in-flight counts per model
-        and, once per reconcile interval, reconcile adapters if this instance takes the lock."""
+        and, once per reconcile interval, start a reconcile round in its own task (none while
+        the previous round still runs): it never holds up the next tick."""
         self.replica_metrics()
         await self._publish_inflight()
         interval = self.settings.reconcile_interval_seconds
         now = time.monotonic()
         if now - self._last_reconcile < interval:
             return
+        if self.reconciling is not None and not self.reconciling.done():
+            logger.info("reconciler: the previous round still runs; skipping this one")
+            return
         self._last_reconcile = now
-        await self._reconcile(interval)
+        self.reconciling = asyncio.create_task(self._round(interval), name="abgate-reconcile")
+
+    async def stop_reconciling(self) -> None:
+        """Cancel the reconcile round that runs now, if any, and wait for it to end."""
+        task, self.reconciling = self.reconciling, None
+        if task is None:
+            return
+        while not task.done():  # see Gateway.close: one cancel can be swallowed
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.1)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
     def replica_metrics(self) -> None:
         """Each replica's state, outstanding requests and panic-mode requests, as metrics."""
@@ -154,6 +181,18 @@ class HealthService:
         lifetime_ms = int(max(3.0, self.settings.health_interval_seconds * 3) * 1000)
         payload = orjson.dumps(counts) if counts else b""
         await self._publish(keys=[keys.INFLIGHT], args=[self.identity, lifetime_ms, payload])
+
+    async def _round(self, interval: float) -> None:
+        try:
+            await self._reconcile(interval)
+        except asyncio.CancelledError:
+            raise
+        except RedisError as exc:
+            self.metrics.redis_errors.labels("health").inc()
+            self.redis_state.down("health", exc)
+        except Exception:
+            logger.exception("reconcile round failed")
+            self.metrics.errors.labels("health").inc()
 
     async def _reconcile(self, interval: float) -> None:
         if await self.redis.set(keys.RECONCILER, self.identity, nx=True,

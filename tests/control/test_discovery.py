@@ -6,16 +6,26 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import cast
 
 import httpx
+import orjson
 import pytest
 import redis.asyncio as aioredis
 
+from router.control import discovery
 from router.control.adapters import AdapterManager
-from router.control.discovery import AGAIN_REASON, GONE_REASON, START_REASON, discover
+from router.control.discovery import (
+    AGAIN_REASON,
+    GONE_REASON,
+    START_REASON,
+    discover,
+    mismatch_reason,
+)
+from serving.lora import MAX_MODEL_CARDS, served_adapters
 from serving.pool import ReplicaPool
 from serving.types import Timeouts
-from serving.upstream import UpstreamPool
+from serving.upstream import Upstream, UpstreamPool
 from tests.inprocess.conftest import serve_emulator
 from tests.procs import adapter_dir
 
@@ -109,3 +119,119 @@ async def test_an_unreachable_or_unhealthy_replica_is_skipped(
         replicas.replica("http://127.0.0.1:9/v1")  # nothing listens there
         assert await discover(manager) == []
         assert await manager.all() == []
+
+
+async def test_one_name_served_from_two_paths_is_failed_never_ready(
+    tmp_path: Path, aredis: aioredis.Redis, replicas: ReplicaPool
+) -> None:
+    """Two servers list lora-x from different folders: one name, two sets of weights. The
+    replica that differs from the record is failed, naming both paths; a path that differs only
+    in its spelling (a trailing slash, a ``.``) is the same path."""
+    manager = AdapterManager(aredis, replicas)
+    first, second = adapter_dir(tmp_path, "x1"), adapter_dir(tmp_path, "x2")
+    async with (
+        serve_emulator(tmp_path, static_loras={"lora-x": str(first)}) as one,
+        serve_emulator(tmp_path, static_loras={"lora-x": str(second)}) as two,
+        serve_emulator(tmp_path, static_loras={"lora-x": f"{first}/./"}) as same,
+    ):
+        a, b, c = one + "/v1", two + "/v1", same + "/v1"
+        assert await discover(manager, [a]) == [
+            f"found lora-x on {a}, loaded by the server at its start"
+        ]
+        assert await discover(manager, [b, c]) == [
+            f"lora-x on {b} is served from {second}, not from {first}",
+            f"found lora-x on {c} too, loaded by the server at its start",
+        ]
+        record = await manager.get("lora-x")
+        assert record is not None and record.urls == [a, b, c]
+        assert {u: s.state for u, s in record.replicas.items()} == {
+            a: "ready", b: "failed", c: "ready"
+        }  # fmt: skip
+        assert record.replicas[b].reason == mismatch_reason("lora-x", str(second), str(first))
+        assert str(first) in record.replicas[b].reason and str(second) in record.replicas[b].reason
+        assert record.state == "failed" and not record.ready_on((b,))
+        assert await discover(manager) == []  # said once, not every round
+
+
+async def test_an_admin_loaded_name_served_from_another_path_is_failed(
+    tmp_path: Path, aredis: aioredis.Redis, replicas: ReplicaPool
+) -> None:
+    """The server already had lora-a from its start: loading lora-a from another folder through
+    the registry is answered "already loaded" and probes fine, but the server still serves the
+    weights it had; discovery sees the other path and fails the replica."""
+    manager = AdapterManager(aredis, replicas)
+    async with serve_emulator(tmp_path, allow_runtime_lora_updating=True) as root:
+        url = root + "/v1"
+        served = str(tmp_path / "adapters" / "lora-a")
+        other = str(adapter_dir(tmp_path, "other"))
+        loaded = await manager.load("lora-a", other, [url])
+        assert loaded.state == "ready" and loaded.origin == "admin"
+        assert await discover(manager, [url]) == [
+            f"lora-a on {url} is served from {served}, not from {other}"
+        ]
+        record = await manager.get("lora-a")
+        assert record is not None and record.state == "failed"
+        assert record.replicas[url].reason == mismatch_reason("lora-a", served, other)
+
+
+class _Scripted:
+    """An upstream whose /v1/models answers `cards`."""
+
+    base_url = "http://scripted/v1"
+
+    def __init__(self, cards: list[object]) -> None:
+        self.body = orjson.dumps({"object": "list", "data": cards})
+
+    async def call(self, method: str, path: str, **_: object) -> tuple[int, bytes]:
+        assert (method, path) == ("GET", "/models")
+        return 200, self.body
+
+
+def _card(name: object, parent: object = "base", root: object = "/w/x") -> dict[str, object]:
+    return {"id": name, "object": "model", "parent": parent, "root": root}
+
+
+async def test_cards_that_cannot_be_adapters_are_skipped(caplog: pytest.LogCaptureFixture) -> None:
+    cards: list[object] = [
+        {"id": "base", "object": "model", "parent": None, "root": "base"},  # the base model
+        _card("good"),
+        _card("selfish", parent="selfish"),  # its own parent
+        _card("rootless", root=None),
+        _card("listroot", root=["/w"]),
+        _card(7),
+        "not a card",
+    ]
+    found = await served_adapters(cast(Upstream, _Scripted(cards)))
+    assert found == {"good": ("/w/x", "base")}
+    assert "skipped 3 model cards" in caplog.text and "selfish" in caplog.text
+
+
+async def test_only_the_first_cards_are_read() -> None:
+    cards: list[object] = [_card(f"a{i}") for i in range(MAX_MODEL_CARDS + 50)]
+    found = await served_adapters(cast(Upstream, _Scripted(cards)))
+    assert found is not None and len(found) == MAX_MODEL_CARDS
+    assert f"a{MAX_MODEL_CARDS}" not in found
+
+
+async def test_names_the_registry_refuses_are_not_recorded(
+    aredis: aioredis.Redis, replicas: ReplicaPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    listed = {
+        "ok-1": ("/w/ok", "base"),
+        "-dash-first": ("/w/a", "base"),
+        "has space": ("/w/b", "base"),
+        "x" * 201: ("/w/c", "base"),
+        "<script>": ("/w/d", "base"),
+    }
+
+    async def scripted(_: Upstream) -> dict[str, tuple[str, str]]:
+        return listed
+
+    monkeypatch.setattr(discovery, "served_adapters", scripted)
+    url = "http://127.0.0.1:9/v1"
+    replicas.replica(url).healthy = True
+    manager = AdapterManager(aredis, replicas)
+    assert await discover(manager, [url]) == [
+        f"found ok-1 on {url}, loaded by the server at its start"
+    ]
+    assert [r.name for r in await manager.all()] == ["ok-1"]

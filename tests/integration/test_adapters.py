@@ -40,8 +40,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
         "base",
         "--lora-load-latency-ms",
         "50",
-        "--profile",
-        "v2:tokens_per_second=40",
+        "--profile",  # v2's streams last seconds: the hot swap's drain has to wait for them
+        "v2:ttft_ms=2500,tokens_per_second=10",
         "--profile",
         "v3:tokens_per_second=40",
     ]
@@ -73,6 +73,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
 
 def admin(gw: Proc, method: str, path: str, **kw: Any) -> httpx.Response:
     return httpx.request(method, gw.url + "/admin" + path, headers=AUTH, timeout=120, **kw)
+
+
+def record(gw: Proc, name: str) -> Any:
+    """The registry's record of adapter `name` as the admin API lists it, or None."""
+    adapters = admin(gw, "GET", "/adapters").json()["adapters"]
+    return next((a for a in adapters if a["name"] == name), None)
 
 
 def urls(emus: list[Proc]) -> list[str]:
@@ -208,9 +214,22 @@ def test_hot_swap_under_streaming_load(cluster: dict[str, Any]) -> None:
                 except Exception as exc:
                     errors.append(repr(exc))
 
+    watched: list[tuple[float, str]] = []  # (when, v2's state in the registry), wall clock
+    done_watching = threading.Event()
+
+    def watcher() -> None:
+        while not done_watching.wait(0.05):
+            try:
+                rec = record(gw, "v2")
+            except httpx.HTTPError:  # the gateway stopped: a failed test ended
+                return
+            watched.append((time.time(), rec["state"] if rec else "gone"))
+
     threads = [threading.Thread(target=streamer, args=(k,)) for k in range(6)]
     for t in threads:
         t.start()
+    watching = threading.Thread(target=watcher, daemon=True)
+    watching.start()
     time.sleep(1.0)
     resp = admin(
         gw,
@@ -221,7 +240,11 @@ def test_hot_swap_under_streaming_load(cluster: dict[str, Any]) -> None:
     swapped = time.time()
     assert resp.status_code == 200, resp.text
     assert resp.json()["treatment"]["model"] == "v3"
-    time.sleep(1.5)
+    deadline = time.monotonic() + 30
+    while sum(1 for s, _, m in results if s > swapped and m == "v3") < 6:
+        if errors or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     stop.set()
     for t in threads:
         t.join(timeout=60)
@@ -229,15 +252,18 @@ def test_hot_swap_under_streaming_load(cluster: dict[str, Any]) -> None:
     assert {m for s, _, m in results if s > swapped} == {"v3"}
     v2_done = max(f for s, f, m in results if m == "v2")
     deadline = time.monotonic() + 20
-    while (
-        rec := next(
-            a for a in admin(gw, "GET", "/adapters").json()["adapters"] if a["name"] == "v2"
-        )
-    )["state"] != "unloaded":
+    while (rec := record(gw, "v2"))["state"] != "unloaded":
         assert time.monotonic() < deadline, rec
         time.sleep(0.2)
+    done_watching.set()
+    watching.join(timeout=30)
     assert all("v2" not in served(e) for e in emus)
-    assert min(s["at"] for s in rec["replicas"].values()) >= v2_done - 0.5  # after the drain
+    # the drain: the registry showed v2 draining while a v2 stream (seconds long) was still
+    # open, and unloaded it only once the last v2 stream had ended
+    draining = [when for when, state in watched if state == "draining"]
+    assert draining, watched
+    assert any(m == "v2" and s < draining[0] < f for s, f, m in results), (draining, results)
+    assert min(s["at"] for s in rec["replicas"].values()) >= v2_done - 0.1, (rec, v2_done)
     audit = admin(gw, "GET", "/audit", params={"experiment": "swap"}).json()["entries"]
     assert audit[0]["action"] == "swap" and audit[0]["after"]["treatment"]["model"] == "v3"
     # swapping to an adapter that is not ready, or unknown, is refused and changes nothing
@@ -401,3 +427,61 @@ def test_start_time_adapter_is_listed_and_unloaded_by_swap(cluster: dict[str, An
         assert admin(gw, "GET", "/experiments/static-base").json()["treatment"]["model"] == "base"
         for name in ("static", "static-base"):  # leave nothing routed to this emulator
             admin(gw, "DELETE", f"/experiments/{name}")
+
+
+def test_swap_unloads_a_start_time_adapter_only_from_the_treatment_replicas(
+    cluster: dict[str, Any],
+) -> None:
+    """Two servers loaded one adapter at their start; only one of them is the experiment's
+    treatment. `swap --unload-old` unloads it there and leaves the other server (here the
+    replica of another experiment's control, e.g. a default upstream in production) serving it."""
+    gw, tmp = cluster["gw"], cluster["tmp"]
+    start_path = _adapter(tmp, "sx-v1")
+    start = ["--base-model", "base", "--lora", f"sx-v1={start_path}"]
+    with emulator(tmp, *start) as inside, emulator(tmp, *start) as outside:
+        mine, other = inside.url + "/v1", outside.url + "/v1"
+        exp = {
+            "name": "sx",
+            "route": "sx-route",
+            "treatment_percent": 100,
+            "control": {"base_urls": [mine], "model": "base"},
+            "treatment": {"base_urls": [mine], "model": "sx-v1"},
+        }
+        bystander = {
+            "name": "sx-other",
+            "route": "sx-other-route",
+            "treatment_percent": 0,
+            "control": {"base_urls": [other], "model": "base"},
+            "treatment": {"base_urls": [other], "model": "base"},
+        }
+        try:
+            for body in (exp, bystander):
+                assert admin(gw, "POST", "/experiments", json=body).status_code == 201
+            deadline = time.monotonic() + 20
+            while True:  # discovery finds it on both servers (a health check must see both)
+                rec = record(gw, "sx-v1")
+                if rec is not None and set(rec["urls"]) == {mine, other}:
+                    break
+                assert time.monotonic() < deadline, rec
+                time.sleep(0.1)
+            assert rec["origin"] == "server_start" and rec["state"] == "ready", rec
+            body = {"name": "sx-v2", "path": _adapter(tmp, "sx-v2"), "experiment": "sx"}
+            assert admin(gw, "POST", "/adapters", json=body).json()["state"] == "ready"
+            swapped = admin(
+                gw,
+                "POST",
+                "/experiments/sx/swap",
+                json={"treatment_model": "sx-v2", "unload_old": True, "drain_seconds": 5},
+            )
+            assert swapped.status_code == 200, swapped.text
+            while "sx-v1" in served(inside):
+                assert time.monotonic() < deadline, "swap --unload-old left sx-v1 loaded"
+                time.sleep(0.1)
+            while (rec := record(gw, "sx-v1"))["replicas"][mine]["state"] != "unloaded":
+                assert time.monotonic() < deadline, rec
+                time.sleep(0.1)
+            assert "sx-v1" in served(outside)  # the server outside the experiment keeps it
+            assert rec["replicas"][other]["state"] == "ready", rec
+        finally:
+            for name in ("sx", "sx-other"):  # leave nothing routed to these emulators
+                admin(gw, "DELETE", f"/experiments/{name}")

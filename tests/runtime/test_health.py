@@ -4,7 +4,10 @@ metrics."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import time
 from collections import Counter
 
 import pytest
@@ -13,6 +16,7 @@ import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
 from router import keys
+from router.control import discovery
 from router.control.adapters import AdapterManager, AdapterRecord, ReplicaState
 from router.metrics import GatewayMetrics
 from router.runtime.health import HealthService
@@ -31,6 +35,13 @@ def _service(
 ) -> HealthService:
     adapters = AdapterManager(aredis, replicas)
     return HealthService(settings, aredis, replicas, adapters, metrics, identity, Counter())
+
+
+async def _tick(service: HealthService) -> None:
+    """One tick, and the reconcile round it started (in its own task) run to its end."""
+    await service.tick()
+    if service.reconciling is not None:
+        await service.reconciling
 
 
 def _entry(rds: redis.Redis, identity: str) -> tuple[int, dict[str, int]]:
@@ -52,7 +63,7 @@ async def test_tick_publishes_in_flight_counts_with_an_expiry(
 ) -> None:  # fmt: skip
     health = _service(settings, aredis, replicas, metrics)
     health.model_inflight.update({"lora-a": 2, "base": 0})
-    await health.tick()
+    await _tick(health)
     expiry, counts = _entry(rds, "gw-a")
     assert counts == {"lora-a": 2}  # models with nothing running are left out
     lifetime = max(3.0, settings.health_interval_seconds * 3) * 1000
@@ -61,7 +72,7 @@ async def test_tick_publishes_in_flight_counts_with_an_expiry(
     assert 0 < rds.pttl(keys.INFLIGHT) <= lifetime
 
     health.model_inflight["lora-a"] = 0
-    await health.tick()
+    await _tick(health)
     assert not rds.hexists(keys.INFLIGHT, "gw-a")
 
 
@@ -71,14 +82,14 @@ async def test_in_flight_adds_other_instances_but_not_its_own_published_count(
 ) -> None:  # fmt: skip
     health = _service(settings, aredis, replicas, metrics)
     health.model_inflight["lora-a"] = 2
-    await health.tick()
+    await _tick(health)
     health.model_inflight["lora-a"] = 1  # one finished since the tick: the local count wins
     b = _service(settings, aredis, replicas, metrics, "gw-b")
     b.model_inflight.update({"lora-a": 3, "base": 7})
     c = _service(settings, aredis, replicas, metrics, "gw-c")
     c.model_inflight.update({"base": 1})
-    await b.tick()
-    await c.tick()
+    await _tick(b)
+    await _tick(c)
     assert await health.in_flight("lora-a") == 1 + 3
     assert await health.in_flight("base") == 0 + 7 + 1
     assert await health.in_flight("unknown") == 0
@@ -108,7 +119,7 @@ async def test_in_flight_does_not_scan_the_keyspace(
         pipe.execute()
     others = _service(settings, aredis, replicas, metrics, "gw-b")
     others.model_inflight["lora-a"] = 4
-    await others.tick()
+    await _tick(others)
     health = _service(settings, aredis, replicas, metrics)
     await health.in_flight("lora-a")  # the script is loaded once, outside the measurement
     rds.config_resetstat()
@@ -135,9 +146,9 @@ async def test_one_instance_reconciles_per_round(
             return []
 
         monkeypatch.setattr(service.adapters, "reconcile", reconcile)
-    await a.tick()
-    await b.tick()  # the lock is a's for this round
-    await a.tick()  # within the interval: no new round
+    await _tick(a)
+    await _tick(b)  # the lock is a's for this round
+    await _tick(a)  # within the interval: no new round
     assert rounds == ["gw-a"]
     assert rds.get(keys.RECONCILER) == "gw-a"
     assert 0 < rds.pttl(keys.RECONCILER) <= 30_000
@@ -154,14 +165,14 @@ async def test_tick_exports_replica_and_adapter_metrics(
     rds.hset(keys.ADAPTERS, "lora-a", record.model_dump_json())
     rds.hset(keys.adapter_state("lora-a"), URL, ReplicaState(state="ready").model_dump_json())
     health = _service(settings, aredis, replicas, metrics)
-    await health.tick()
+    await _tick(health)
     assert registry.get_sample_value("abgate_replica_healthy", {"replica": URL}) == 1
     assert registry.get_sample_value("abgate_replica_outstanding_requests", {"replica": URL}) == 4
     labels = {"adapter": "lora-a", "replica": URL, "state": "ready"}
     assert registry.get_sample_value("abgate_adapter_state", labels) == 1
 
     replica.healthy = False
-    await health.tick()
+    await _tick(health)
     assert registry.get_sample_value("abgate_replica_healthy", {"replica": URL}) == 0
 
 
@@ -189,3 +200,62 @@ async def test_replica_states_and_panic_requests_are_exported(
     assert sample("abgate_replica_state", state="healthy") == 0
     assert sample("abgate_replica_healthy") == 0
     assert sample("abgate_replica_panic_requests_total") == 3
+
+
+async def test_a_reconcile_round_that_hangs_never_holds_up_the_health_loop(
+    redis_url: str, aredis: aioredis.Redis, replicas: ReplicaPool, metrics: GatewayMetrics,
+    rds: redis.Redis, monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """A load (or a /v1/models) that takes minutes runs in the round's own task: the health loop
+    keeps publishing the in-flight counts that other instances' drains read, and no second
+    round starts while the first still runs."""
+    settings = Settings(
+        redis_url=redis_url, health_interval_seconds=0.05, reconcile_interval_seconds=0.05
+    )
+    health = _service(settings, aredis, replicas, metrics)
+    release = asyncio.Event()
+    rounds: list[int] = []
+
+    async def reconcile() -> list[str]:
+        rounds.append(len(rounds))
+        await release.wait()  # a load that does not answer
+        return []
+
+    monkeypatch.setattr(health.adapters, "reconcile", reconcile)
+    health.model_inflight["lora-a"] = 1
+    loop = asyncio.create_task(health.run())
+    try:
+        expiries: set[int] = set()
+        deadline = time.monotonic() + 10
+        while len(expiries) < 5:  # five publications while the one round hangs
+            assert time.monotonic() < deadline, (expiries, rounds)
+            if rounds and rds.hexists(keys.INFLIGHT, "gw-a"):
+                expiries.add(_entry(rds, "gw-a")[0])
+            await asyncio.sleep(0.02)
+        assert rounds == [0]  # the rounds that came due meanwhile were skipped
+        assert health.reconciling is not None and not health.reconciling.done()
+
+        release.set()  # the load ends: the next round comes
+        while len(rounds) < 2:
+            assert time.monotonic() < deadline, rounds
+            await asyncio.sleep(0.02)
+    finally:
+        loop.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loop
+    assert health.reconciling is None  # stopped with the loop
+
+
+async def test_discovery_ends_within_its_deadline_when_v1_models_hangs(
+    aredis: aioredis.Redis, replicas: ReplicaPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hang = asyncio.Event()
+
+    async def served_adapters(_: object) -> None:
+        await hang.wait()
+
+    monkeypatch.setattr(discovery, "served_adapters", served_adapters)
+    replicas.replica(URL).healthy = True
+    started = time.monotonic()
+    assert await discovery.discover(AdapterManager(aredis, replicas), [URL], deadline=0.3) == []
+    assert time.monotonic() - started < 3

@@ -203,7 +203,9 @@ def test_start_time_adapter_is_in_the_registry(vllm: VllmServer, gw: Proc) -> No
 
 def test_hot_swap_under_streaming_load(vllm: VllmServer, gw: Proc, names: list[str]) -> None:
     """Swap v1 -> v2 while several clients stream through the gateway: no client error, new
-    requests go to v2, and v1 leaves vLLM's /v1/models only after its last stream ended."""
+    requests go to v2, the registry shows v1 draining while a v1 stream is still open, and v1
+    leaves vLLM's /v1/models only after its last stream ended. The streams are long (400 tokens,
+    end of sequence ignored) so that the drain has something to wait for."""
     old, new = fresh(names, "v1"), fresh(names, "v2")
     for name, folder in ((old, "a"), (new, "b")):
         out = cli(gw, "load", name, "--path", str(vllm.adapter(folder)), "--base-url", v1(vllm))
@@ -213,6 +215,7 @@ def test_hot_swap_under_streaming_load(vllm: VllmServer, gw: Proc, names: list[s
     errors: list[str] = []
     stop = threading.Event()
     gone_at: list[float] = []
+    draining_at: list[float] = []  # when the registry was first seen with v1 draining
 
     def streamer(k: int) -> None:
         with openai.OpenAI(base_url=gw.url + "/v1", api_key="x", max_retries=0) as client:
@@ -226,8 +229,9 @@ def test_hot_swap_under_streaming_load(vllm: VllmServer, gw: Proc, names: list[s
                             model=route,
                             messages=MSG,
                             stream=True,  # type: ignore[arg-type]
-                            max_tokens=24,
+                            max_tokens=400,
                             extra_headers={"X-User-Id": f"s{k}-{i}"},
+                            extra_body={"ignore_eos": True},
                         )
                     )
                     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -236,10 +240,16 @@ def test_hot_swap_under_streaming_load(vllm: VllmServer, gw: Proc, names: list[s
                 except Exception as exc:
                     errors.append(repr(exc))
 
-    def watch() -> None:  # when v1 leaves vLLM's list
-        while not stop.is_set() and not gone_at:
-            if old not in served(vllm):
-                gone_at.append(time.time())
+    def watch() -> None:  # when the registry shows v1 draining, and when v1 leaves vLLM's list
+        while not stop.wait(0.05) and not gone_at:
+            try:
+                if not draining_at and (r := record(gw, old)) and r["state"] == "draining":
+                    draining_at.append(time.time())
+                if old not in served(vllm):
+                    gone_at.append(time.time())
+            except httpx.HTTPError as exc:
+                errors.append(f"watch: {exc!r}")
+                return
 
     threads = [threading.Thread(target=streamer, args=(k,)) for k in range(4)]
     threads.append(threading.Thread(target=watch))
@@ -261,10 +271,12 @@ def test_hot_swap_under_streaming_load(vllm: VllmServer, gw: Proc, names: list[s
     assert {m for s, _, m in results if s > swapped_at} == {new}
     assert any(m == old for *_, m in results)
     old_done = max(f for _, f, m in results if m == old)
-    assert gone_at[0] >= old_done - 0.5, (gone_at, old_done)  # after its streams drained
+    assert draining_at, "the registry was never seen with v1 draining"
+    assert any(m == old and s < draining_at[0] < f for s, f, m in results), (draining_at, results)
+    assert gone_at[0] >= old_done - 0.1, (gone_at, old_done)  # after its streams drained
     rec = wait_for(f"{old} unloaded in the registry",
                    lambda: (r := record(gw, old)) and r["state"] == "unloaded" and r)  # fmt: skip
-    assert rec["replicas"][v1(vllm)]["at"] >= old_done - 0.5
+    assert rec["replicas"][v1(vllm)]["at"] >= old_done - 0.1
     assert new in served(vllm)
 
 
