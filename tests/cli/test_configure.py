@@ -129,16 +129,16 @@ def test_policy_show_and_set(gw: Proc) -> None:
                  "--guardrail", "latency_p95_ms:0.5:relative",
                  "--guardrail", "ttft_ms:0.3:relative",
                  "--remove-guardrail", "escalation_rate", "--ramp", "10,50,100",
-                 "--primary-alpha", "0.02")  # fmt: skip
+                 "--primary-alpha", "0.005")  # fmt: skip
     assert out.exit_code == 0, out.output
-    assert "primary_alpha (alpha / 2) -> 0.02" in out.stdout
+    assert "primary_alpha (alpha / 2) -> 0.005" in out.stdout
     assert "auto yes -> no" in out.stdout and "min_units_per_arm 300 -> 500" in out.stdout
     assert "ramp_steps 5, 10, 25, 50, 100 % -> 10, 50, 100 %" in out.stdout
     exp = api(gw, "GET", "/experiments/cc-pol")
     policy = exp["policy"]
     assert policy["auto"] is False and policy["min_units_per_arm"] == 500
     assert policy["alpha"] == 0.01  # not named, kept
-    assert policy["primary_alpha"] == 0.02
+    assert policy["primary_alpha"] == 0.005
     assert [(g["metric"], g["margin"], g["relative"]) for g in policy["guardrails"]] == [
         ("error_rate", 0.01, False), ("latency_p95_ms", 0.5, True),
         ("cost_per_request", 0.25, True), ("ttft_ms", 0.3, True),
