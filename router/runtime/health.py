@@ -123,12 +123,8 @@ class HealthService:
                 await self.tick()
             except asyncio.CancelledError:
                 raise
-            except RedisError as exc:
-                self.metrics.redis_errors.labels("health").inc()
-                self.redis_state.down("health", exc)
-            except Exception:
-                logger.exception("health loop failed")
-                self.metrics.errors.labels("health").inc()
+            except Exception as exc:
+                self._failed("health loop", exc)
             else:
                 self.redis_state.up("health")
             await asyncio.sleep(interval)
@@ -187,11 +183,16 @@ class HealthService:
             await self._reconcile(interval)
         except asyncio.CancelledError:
             raise
-        except RedisError as exc:
+        except Exception as exc:
+            self._failed("reconcile round", exc)
+
+    def _failed(self, what: str, exc: Exception) -> None:
+        """Count a failed health loop or reconcile round (called from its `except` block)."""
+        if isinstance(exc, RedisError):
             self.metrics.redis_errors.labels("health").inc()
             self.redis_state.down("health", exc)
-        except Exception:
-            logger.exception("reconcile round failed")
+        else:
+            logger.exception("%s failed", what)
             self.metrics.errors.labels("health").inc()
 
     async def _reconcile(self, interval: float) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -16,7 +18,7 @@ import openai
 import pytest
 
 from router.runtime.embedded_redis import EmbeddedRedis, free_port
-from tests.procs import Proc, adapter_dir, emulator, gateway
+from tests.procs import ROOT, Proc, adapter_dir, base_env, emulator, gateway
 
 pytestmark = pytest.mark.integration
 
@@ -333,22 +335,10 @@ def test_replica_killed_and_restarted(cluster: dict[str, Any]) -> None:
 
 
 def test_adapters_cli(cluster: dict[str, Any]) -> None:
-    import subprocess
-    import sys
-
-    from tests.procs import ROOT, base_env
-
     gw, emus, tmp = cluster["gw"], cluster["emus"], cluster["tmp"]
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "router", "adapters", *args, "--url", gw.url, "--token", TOKEN],
-            env=base_env(COLUMNS="200"),
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        return _cli(gw, *args)
 
     live = emus[:2]  # the third replica was killed by the previous test
     bases = [arg for u in urls(live) for arg in ("--base-url", u)]
@@ -370,22 +360,10 @@ def test_start_time_adapter_is_listed_and_unloaded_by_swap(cluster: dict[str, An
     """An adapter the server loaded at its start (the emulator's --lora, vLLM's --lora-modules)
     is in `adapters list`, and `adapters swap --unload-old` away from it unloads it; with the
     base model as the old treatment, --unload-old is refused loudly and nothing changes."""
-    import subprocess
-    import sys
-
-    from tests.procs import ROOT, base_env
-
     gw, tmp = cluster["gw"], cluster["tmp"]
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "router", "adapters", *args, "--url", gw.url, "--token", TOKEN],
-            env=base_env(COLUMNS="200"),
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        return _cli(gw, *args)
 
     start_path = _adapter(tmp, "st-v1")
     with emulator(tmp, "--base-model", "base", "--lora", f"st-v1={start_path}") as emu:
@@ -485,3 +463,11 @@ def test_swap_unloads_a_start_time_adapter_only_from_the_treatment_replicas(
         finally:
             for name in ("sx", "sx-other"):  # leave nothing routed to these emulators
                 admin(gw, "DELETE", f"/experiments/{name}")
+
+
+def _cli(gw: Any, *args: str) -> subprocess.CompletedProcess[str]:
+    """`abgate adapters ARGS` against the gateway, as an operator runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "router", "adapters", *args, "--url", gw.url, "--token", TOKEN],
+        env=base_env(COLUMNS="200"), cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
