@@ -67,15 +67,17 @@ class Outcome:
     completion_tokens: int = 0
     started: bool = False  # the response status line was sent to the client
     captured: list[bytes] | None = None  # response bytes of a captured request
-    fell_back: bool = False  # control served a treatment request (priced at control's rates)
 
     def fail(self, kind: OutcomeKind, detail: str = "") -> None:
         """Record `kind`; after a fallback the treatment's failure stays the request's error
         (what control's relay runs into later does not erase it)."""
-        if self.fell_back:
-            return
-        self.kind, self.detail = kind, detail
-        self.fell_back = kind in (OutcomeKind.FALLBACK_STATUS, OutcomeKind.FALLBACK_FAILURE)
+        if not self.fell_back:
+            self.kind, self.detail = kind, detail
+
+    @property
+    def fell_back(self) -> bool:
+        """Control served a treatment request (priced at control's rates)."""
+        return self.kind in (OutcomeKind.FALLBACK_STATUS, OutcomeKind.FALLBACK_FAILURE)
 
     @property
     def failed(self) -> bool:

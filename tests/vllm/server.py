@@ -31,7 +31,6 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -148,7 +147,6 @@ class VllmServer:
     model: str
     assets: Path
     proc: Proc | None = None
-    started_in: float = 0.0  # seconds to a 200 from /health (0: external)
 
     def adapter(self, name: str) -> Path:
         return self.assets / name
@@ -195,10 +193,8 @@ def vllm_server(log_dir: Path) -> Iterator[VllmServer]:
             command(venv, folder / "base", folder, port), env, log_dir / f"vllm-{port}.log",
             f"http://127.0.0.1:{port}",
         )  # fmt: skip
-        started = time.monotonic()
         proc.start("/health", timeout=START_TIMEOUT)
-        server = VllmServer(url=proc.url, model=MODEL, assets=folder, proc=proc,
-                            started_in=time.monotonic() - started)  # fmt: skip
+        server = VllmServer(url=proc.url, model=MODEL, assets=folder, proc=proc)
         try:
             yield server
         finally:
